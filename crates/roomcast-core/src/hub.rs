@@ -1,0 +1,1003 @@
+//! The hub: every connection of this node, the rooms they are in, their users,
+//! and delivery to them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value};
+
+use crate::broker::{Broker, EnvelopeSink, MemoryBroker};
+use crate::error::*;
+use crate::id::ConnIdGen;
+use crate::presence::{
+    Member, MemoryPresence, PresenceStats, PresenceStore, RoomPresence, RoomSummary, UserPresence,
+};
+use crate::room::{validate_room_name, RoomRules, DEFAULT_MAX_ROOM_NAME};
+use crate::{
+    Command, ConnId, Disconnect, Envelope, Frame, NodeId, Outbox, Payload, PresenceEvent,
+    PresenceKind, Protocol, Publication, PushError, Target, Who,
+};
+
+/// Limits and room rules of a hub. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The most connections this node accepts; 0 means no limit. Default: 100 000.
+    pub max_connections: usize,
+    /// Bytes a connection's outgoing queue may hold before it is disconnected as a
+    /// slow consumer (close code 4001). Default: 1 MiB.
+    pub max_queue_bytes: usize,
+    /// The most rooms one connection may be in. Default: 100.
+    pub max_rooms_per_connection: usize,
+    /// The longest room name, in bytes. Default: 200.
+    pub max_room_name_bytes: usize,
+    /// The most bytes of JSON a connection's session data may hold. Default: 16 KiB.
+    pub max_session_bytes: usize,
+    /// Per-room settings by name pattern.
+    pub rooms: RoomRules,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_connections: 100_000,
+            max_queue_bytes: 1 << 20,
+            max_rooms_per_connection: 100,
+            max_room_name_bytes: DEFAULT_MAX_ROOM_NAME,
+            max_session_bytes: 16 << 10,
+            rooms: RoomRules::default(),
+        }
+    }
+}
+
+/// Counters the hub keeps; the server exports them as Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct HubMetrics {
+    /// Connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    /// Connections closed since start.
+    pub connections_closed: AtomicU64,
+    /// Publications sent by this node (clients, API, library).
+    pub publications: AtomicU64,
+    /// Frames queued for clients.
+    pub messages_out: AtomicU64,
+    /// Bytes queued for clients.
+    pub bytes_out: AtomicU64,
+    /// Connections closed because their queue overflowed.
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Broker and presence store failures.
+    pub backend_errors: AtomicU64,
+}
+
+const SHARDS: usize = 64;
+
+/// A map split into independently locked shards.
+struct Sharded<K, V> {
+    shards: Box<[RwLock<HashMap<K, V>>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<K: Hash + Eq, V> Sharded<K, V> {
+    fn new() -> Self {
+        Sharded {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &RwLock<HashMap<K, V>> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    fn read<Q: Hash + ?Sized, T>(&self, key: &Q, f: impl FnOnce(&HashMap<K, V>) -> T) -> T {
+        f(&self.shard(key).read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn write<Q: Hash + ?Sized, T>(&self, key: &Q, f: impl FnOnce(&mut HashMap<K, V>) -> T) -> T {
+        f(&mut self.shard(key).write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn for_each_shard(&self, mut f: impl FnMut(&HashMap<K, V>)) {
+        for s in self.shards.iter() {
+            f(&s.read().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+}
+
+/// What the hub knows of one local connection; shared by its task and the indexes.
+pub(crate) struct ConnState {
+    id: ConnId,
+    protocol: Arc<dyn Protocol>,
+    outbox: Outbox,
+    meta: Mutex<ConnMeta>,
+}
+
+#[derive(Default)]
+struct ConnMeta {
+    user: Option<Arc<str>>,
+    rooms: Vec<String>,
+    session: Map<String, Value>,
+    closed: bool,
+}
+
+impl ConnState {
+    fn meta(&self) -> std::sync::MutexGuard<'_, ConnMeta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A local connection, as the HTTP API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnInfo {
+    /// The connection id.
+    pub conn: String,
+    /// Its user.
+    pub user: Option<String>,
+    /// The node it is on.
+    pub node: String,
+    /// The rooms it is in, sorted.
+    pub rooms: Vec<String>,
+    /// Its session data, when the connection is on this node.
+    pub session: Option<Map<String, Value>>,
+}
+
+struct Inner {
+    config: HubConfig,
+    node: NodeId,
+    ids: ConnIdGen,
+    open: AtomicUsize,
+    closing: AtomicBool,
+    conns: Sharded<ConnId, Arc<ConnState>>,
+    rooms: Sharded<String, HashMap<ConnId, Arc<ConnState>>>,
+    users: Sharded<Arc<str>, Vec<Arc<ConnState>>>,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceStore>,
+    metrics: HubMetrics,
+}
+
+/// The hub of one node; cheap to clone. See the crate docs for an example.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Receives envelopes from other nodes without keeping the hub alive.
+struct Receiver(std::sync::Weak<Inner>);
+
+impl EnvelopeSink for Receiver {
+    fn receive(&self, envelope: Envelope) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let hub = Hub { inner };
+        match envelope.payload {
+            Payload::Command(cmd) => {
+                // Joins and leaves touch the presence store, which may be remote.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        hub.apply_command_locally(&cmd).await;
+                    });
+                }
+            }
+            payload => {
+                hub.deliver_local(&payload);
+            }
+        }
+    }
+}
+
+/// One frame per protocol for one delivery.
+struct EncodeCache<'a> {
+    payload: &'a Payload,
+    frames: Vec<(usize, Option<Frame>)>,
+}
+
+impl<'a> EncodeCache<'a> {
+    fn new(payload: &'a Payload) -> Self {
+        EncodeCache {
+            payload,
+            frames: Vec::with_capacity(2),
+        }
+    }
+
+    fn frame(&mut self, protocol: &Arc<dyn Protocol>) -> Option<Frame> {
+        let key = Arc::as_ptr(protocol) as *const () as usize;
+        if let Some((_, f)) = self.frames.iter().find(|(k, _)| *k == key) {
+            return f.clone();
+        }
+        let f = match self.payload {
+            Payload::Publication(p) => Some(protocol.encode_publication(p)),
+            Payload::Presence(e) => protocol.encode_presence(e),
+            Payload::Command(_) => None,
+        };
+        self.frames.push((key, f.clone()));
+        f
+    }
+}
+
+/// Counts one delivery's frames, added to the metrics once at the end.
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    bytes: u64,
+    slow: u64,
+}
+
+impl Tally {
+    fn push(&mut self, conn: &ConnState, frame: Frame) -> bool {
+        let len = frame.len() as u64;
+        match conn.outbox.push(frame) {
+            Ok(()) => {
+                self.frames += 1;
+                self.bytes += len;
+                true
+            }
+            Err(PushError::Overflow) => {
+                self.slow += 1;
+                false
+            }
+            Err(PushError::Closed) => false,
+        }
+    }
+
+    fn record(self, m: &HubMetrics) {
+        m.messages_out.fetch_add(self.frames, Ordering::Relaxed);
+        m.bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
+        if self.slow > 0 {
+            m.slow_consumer_disconnects
+                .fetch_add(self.slow, Ordering::Relaxed);
+        }
+    }
+}
+
+fn valid_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= 200 && !user.chars().any(char::is_control)
+}
+
+fn valid_event(event: &str) -> bool {
+    !event.is_empty() && event.len() <= 200
+}
+
+impl Hub {
+    /// A hub with the in-memory broker and presence store: one node, nothing else needed.
+    pub fn new(config: HubConfig) -> Hub {
+        Hub::with_backends(
+            config,
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryPresence::new()),
+        )
+    }
+
+    /// A hub with the given broker and presence store.
+    pub fn with_backends(
+        config: HubConfig,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+    ) -> Hub {
+        let node = NodeId::random();
+        let inner = Arc::new(Inner {
+            config,
+            node,
+            ids: ConnIdGen::new(node),
+            open: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            conns: Sharded::new(),
+            rooms: Sharded::new(),
+            users: Sharded::new(),
+            broker,
+            presence,
+            metrics: HubMetrics::default(),
+        });
+        inner
+            .broker
+            .attach(node, Arc::new(Receiver(Arc::downgrade(&inner))));
+        Hub { inner }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The hub's limits and rules.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// The hub's counters.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.inner.metrics
+    }
+
+    /// Connections open on this node.
+    pub fn local_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// Rooms with members on this node.
+    pub fn local_rooms(&self) -> usize {
+        let mut n = 0;
+        self.inner.rooms.for_each_shard(|s| n += s.len());
+        n
+    }
+
+    /// Whether [`shutdown`](Hub::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.closing.load(Ordering::Relaxed)
+    }
+
+    /// Opens a connection that speaks `protocol`, optionally bound to a user.
+    ///
+    /// The caller (a protocol's connection task) writes what the returned
+    /// connection's [`Outbox`] hands out and calls [`Connection::close`] when the
+    /// socket is gone.
+    pub async fn connect(
+        &self,
+        protocol: Arc<dyn Protocol>,
+        user: Option<&str>,
+    ) -> Result<Connection, ConnectError> {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::Relaxed) {
+            return Err(ConnectError::ShuttingDown);
+        }
+        let max = inner.config.max_connections;
+        let reserved = inner
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Err(ConnectError::ServerFull { max });
+        }
+        let user: Option<Arc<str>> = user.filter(|u| valid_user(u)).map(Arc::from);
+        let state = Arc::new(ConnState {
+            id: inner.ids.next(),
+            protocol,
+            outbox: Outbox::new(inner.config.max_queue_bytes),
+            meta: Mutex::new(ConnMeta {
+                user: user.clone(),
+                ..Default::default()
+            }),
+        });
+        inner
+            .conns
+            .write(&state.id, |m| m.insert(state.id, state.clone()));
+        if let Some(u) = &user {
+            inner
+                .users
+                .write(u, |m| m.entry(u.clone()).or_default().push(state.clone()));
+        }
+        inner
+            .metrics
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let conn = Connection {
+            hub: self.clone(),
+            state,
+            done: false,
+        };
+        let member = conn.member();
+        if let Err(e) = inner.presence.connect(&member).await {
+            conn.close().await;
+            return Err(e.into());
+        }
+        Ok(conn)
+    }
+
+    fn member_of(&self, c: &ConnState) -> Member {
+        Member {
+            conn: c.id,
+            user: c.meta().user.clone(),
+            node: self.inner.node,
+        }
+    }
+
+    /// Sends a publication to its target on every node. Returns how many local
+    /// connections it reached.
+    pub async fn publish(&self, publication: Publication) -> Result<usize, PublishError> {
+        if !valid_event(&publication.event) {
+            return Err(PublishError::InvalidEvent);
+        }
+        if let Target::Room(room) = &publication.target {
+            validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        }
+        self.inner
+            .metrics
+            .publications
+            .fetch_add(1, Ordering::Relaxed);
+        let local_only =
+            matches!(publication.target, Target::Conn(c) if c.node() == self.inner.node);
+        let payload = Payload::Publication(Arc::new(publication));
+        let delivered = self.deliver_local(&payload);
+        if local_only {
+            return Ok(delivered);
+        }
+        self.to_other_nodes(payload)
+            .await
+            .map_err(|source| PublishError::Broker { delivered, source })?;
+        Ok(delivered)
+    }
+
+    async fn to_other_nodes(&self, payload: Payload) -> Result<(), crate::broker::BrokerError> {
+        let env = Envelope {
+            origin: self.inner.node,
+            payload,
+        };
+        let r = self.inner.broker.publish(env).await;
+        if let Err(e) = &r {
+            self.inner
+                .metrics
+                .backend_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "broker publish failed");
+        }
+        r
+    }
+
+    /// Queues a payload for every matching local connection, encoding it once per protocol.
+    fn deliver_local(&self, payload: &Payload) -> usize {
+        let inner = &self.inner;
+        let mut cache = EncodeCache::new(payload);
+        let mut tally = Tally::default();
+        let mut delivered = 0;
+        let mut offer = |c: &ConnState, exclude: Option<ConnId>| {
+            if Some(c.id) == exclude {
+                return;
+            }
+            if let Some(frame) = cache.frame(&c.protocol) {
+                if tally.push(c, frame) {
+                    delivered += 1;
+                }
+            }
+        };
+        match payload {
+            Payload::Publication(p) => match &p.target {
+                Target::Room(room) => inner.rooms.read(room.as_str(), |m| {
+                    if let Some(members) = m.get(room.as_str()) {
+                        members.values().for_each(|c| offer(c, p.exclude));
+                    }
+                }),
+                Target::User(user) => inner.users.read(user.as_str(), |m| {
+                    if let Some(list) = m.get(user.as_str()) {
+                        list.iter().for_each(|c| offer(c, p.exclude));
+                    }
+                }),
+                Target::Conn(id) => inner.conns.read(id, |m| {
+                    if let Some(c) = m.get(id) {
+                        offer(c, p.exclude);
+                    }
+                }),
+                Target::All => inner
+                    .conns
+                    .for_each_shard(|m| m.values().for_each(|c| offer(c, p.exclude))),
+            },
+            Payload::Presence(e) => inner.rooms.read(e.room.as_str(), |m| {
+                if let Some(members) = m.get(e.room.as_str()) {
+                    members.values().for_each(|c| offer(c, None));
+                }
+            }),
+            Payload::Command(_) => {}
+        }
+        tally.record(&inner.metrics);
+        delivered
+    }
+
+    fn local_matches(&self, who: &Who) -> Vec<Arc<ConnState>> {
+        match who {
+            Who::Conn(id) => self
+                .inner
+                .conns
+                .read(id, |m| m.get(id).cloned())
+                .into_iter()
+                .collect(),
+            Who::User(u) => self.inner.users.read(u.as_str(), |m| {
+                m.get(u.as_str()).cloned().unwrap_or_default()
+            }),
+        }
+    }
+
+    /// Applies a server-side command to local connections; returns how many it affected.
+    async fn apply_command_locally(&self, cmd: &Command) -> usize {
+        match cmd {
+            Command::Join { who, room } => {
+                let mut n = 0;
+                for c in self.local_matches(who) {
+                    if self.join_state(&c, room, true).await.is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            }
+            Command::Leave { who, room } => {
+                let mut n = 0;
+                for c in self.local_matches(who) {
+                    if matches!(self.leave_state(&c, room, true).await, Ok(true)) {
+                        n += 1;
+                    }
+                }
+                n
+            }
+            Command::Disconnect { who, reason } => self
+                .local_matches(who)
+                .iter()
+                .filter(|c| c.outbox.close(reason.clone()))
+                .count(),
+        }
+    }
+
+    /// Runs a server-side command here and on every other node that may hold its
+    /// connections. Returns how many local connections it affected.
+    async fn command(&self, cmd: Command) -> Result<usize, crate::broker::BrokerError> {
+        let n = self.apply_command_locally(&cmd).await;
+        let local_only = match &cmd {
+            Command::Join { who, .. }
+            | Command::Leave { who, .. }
+            | Command::Disconnect { who, .. } => {
+                matches!(who, Who::Conn(c) if c.node() == self.inner.node)
+            }
+        };
+        if !local_only {
+            self.to_other_nodes(Payload::Command(cmd)).await?;
+        }
+        Ok(n)
+    }
+
+    /// Puts every connection of `who` into `room`, on every node; they are told
+    /// with a membership notice. Returns how many local connections joined.
+    pub async fn join(&self, who: Who, room: &str) -> Result<usize, JoinError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        self.command(Command::Join {
+            who,
+            room: room.to_owned(),
+        })
+        .await
+        .map_err(|e| JoinError::Presence(crate::presence::PresenceError(e.0)))
+    }
+
+    /// Takes every connection of `who` out of `room`, on every node.
+    pub async fn leave(&self, who: Who, room: &str) -> Result<usize, LeaveError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        self.command(Command::Leave {
+            who,
+            room: room.to_owned(),
+        })
+        .await
+        .map_err(|e| LeaveError::Presence(crate::presence::PresenceError(e.0)))
+    }
+
+    /// Disconnects every connection of `who`, on every node, with `reason`.
+    pub async fn disconnect(
+        &self,
+        who: Who,
+        reason: Disconnect,
+    ) -> Result<usize, crate::broker::BrokerError> {
+        self.command(Command::Disconnect { who, reason }).await
+    }
+
+    /// Closes every local connection with `reason` and refuses new ones. The
+    /// connection tasks tell their clients and finish on their own.
+    pub fn shutdown(&self, reason: Disconnect) -> usize {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        self.inner
+            .conns
+            .for_each_shard(|m| all.extend(m.values().cloned()));
+        all.iter()
+            .filter(|c| c.outbox.close(reason.clone()))
+            .count()
+    }
+
+    async fn join_state(
+        &self,
+        c: &Arc<ConnState>,
+        room: &str,
+        by_server: bool,
+    ) -> Result<bool, JoinError> {
+        let inner = &self.inner;
+        validate_room_name(room, inner.config.max_room_name_bytes)?;
+        let rule = inner.config.rooms.for_room(room);
+        {
+            let mut meta = c.meta();
+            if meta.closed {
+                return Err(JoinError::Closed);
+            }
+            if meta.rooms.iter().any(|r| r == room) {
+                return Ok(false);
+            }
+            if meta.rooms.len() >= inner.config.max_rooms_per_connection {
+                return Err(JoinError::TooManyRooms {
+                    max: inner.config.max_rooms_per_connection,
+                });
+            }
+            meta.rooms.push(room.to_owned());
+        }
+        let member = self.member_of(c);
+        let undo = |c: &ConnState| c.meta().rooms.retain(|r| r != room);
+        let outcome = match inner.presence.join(room, &member).await {
+            Ok(o) => o,
+            Err(e) => {
+                undo(c);
+                self.backend_error(&e);
+                return Err(e.into());
+            }
+        };
+        if rule.max_members > 0 && outcome.added && outcome.connections > rule.max_members {
+            undo(c);
+            let _ = inner.presence.leave(room, c.id).await;
+            return Err(JoinError::RoomFull {
+                max: rule.max_members,
+            });
+        }
+        let first_local = {
+            let meta = c.meta();
+            if meta.closed {
+                None
+            } else {
+                Some(inner.rooms.write(room, |m| {
+                    let members = m.entry(room.to_owned()).or_default();
+                    members.insert(c.id, c.clone());
+                    members.len() == 1
+                }))
+            }
+        };
+        let Some(first_local) = first_local else {
+            // Closed while the presence store answered: undo what it recorded.
+            let _ = inner.presence.leave(room, c.id).await;
+            return Err(JoinError::Closed);
+        };
+        if first_local {
+            if let Err(e) = inner.broker.subscribe_room(inner.node, room).await {
+                self.backend_error(&e);
+            }
+        }
+        if by_server {
+            if let Some(f) = c.protocol.encode_membership(room, true) {
+                let _ = c.outbox.push(f);
+            }
+        }
+        if outcome.first_for_user && rule.join_leave_events {
+            if let Some(user) = member.user {
+                self.presence_event(room, PresenceKind::Join, user, c.id)
+                    .await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Returns whether the connection was in the room.
+    async fn leave_state(
+        &self,
+        c: &Arc<ConnState>,
+        room: &str,
+        by_server: bool,
+    ) -> Result<bool, LeaveError> {
+        let (user, was_in) = {
+            let mut meta = c.meta();
+            let before = meta.rooms.len();
+            meta.rooms.retain(|r| r != room);
+            (meta.user.clone(), meta.rooms.len() != before)
+        };
+        if !was_in {
+            return Ok(false);
+        }
+        self.leave_locally(c.id, room, user, by_server.then_some(c))
+            .await?;
+        Ok(true)
+    }
+
+    /// Removes a connection from a room's local index and from presence, and
+    /// sends the leave event if it was the user's last connection there.
+    async fn leave_locally(
+        &self,
+        id: ConnId,
+        room: &str,
+        user: Option<Arc<str>>,
+        notify: Option<&Arc<ConnState>>,
+    ) -> Result<(), LeaveError> {
+        let inner = &self.inner;
+        let emptied = inner.rooms.write(room, |m| {
+            let Some(members) = m.get_mut(room) else {
+                return false;
+            };
+            members.remove(&id);
+            if members.is_empty() {
+                m.remove(room);
+                return true;
+            }
+            false
+        });
+        if emptied {
+            if let Err(e) = inner.broker.unsubscribe_room(inner.node, room).await {
+                self.backend_error(&e);
+            }
+        }
+        if let Some(c) = notify {
+            if let Some(f) = c.protocol.encode_membership(room, false) {
+                let _ = c.outbox.push(f);
+            }
+        }
+        let outcome = inner.presence.leave(room, id).await.inspect_err(|e| {
+            self.backend_error(e);
+        })?;
+        if outcome.last_for_user && inner.config.rooms.for_room(room).join_leave_events {
+            if let Some(user) = user {
+                self.presence_event(room, PresenceKind::Leave, user, id)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence_event(&self, room: &str, kind: PresenceKind, user: Arc<str>, conn: ConnId) {
+        let payload = Payload::Presence(PresenceEvent {
+            room: room.to_owned(),
+            kind,
+            user,
+            conn,
+        });
+        self.deliver_local(&payload);
+        let _ = self.to_other_nodes(payload).await;
+    }
+
+    fn backend_error(&self, e: &dyn std::fmt::Display) {
+        self.inner
+            .metrics
+            .backend_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "presence or broker call failed");
+    }
+
+    /// Who is in a room, on every node.
+    pub async fn room_presence(&self, room: &str) -> Result<RoomPresence, QueryError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        if !self.inner.config.rooms.for_room(room).presence {
+            return Err(QueryError::Forbidden);
+        }
+        Ok(self.inner.presence.room(room).await?)
+    }
+
+    /// Every room with members, on every node.
+    pub async fn rooms(&self) -> Result<Vec<RoomSummary>, QueryError> {
+        Ok(self.inner.presence.rooms().await?)
+    }
+
+    /// Where a user is connected, on every node.
+    pub async fn user_presence(&self, user: &str) -> Result<UserPresence, QueryError> {
+        Ok(self.inner.presence.user(user).await?)
+    }
+
+    /// Totals, on every node.
+    pub async fn stats(&self) -> Result<PresenceStats, QueryError> {
+        Ok(self.inner.presence.stats().await?)
+    }
+
+    /// One connection: from this node with its session data, else from presence.
+    pub async fn connection_info(&self, conn: ConnId) -> Result<Option<ConnInfo>, QueryError> {
+        let local = self.inner.conns.read(&conn, |m| m.get(&conn).cloned());
+        if let Some(c) = local {
+            let meta = c.meta();
+            if !meta.closed {
+                let mut rooms = meta.rooms.clone();
+                rooms.sort();
+                return Ok(Some(ConnInfo {
+                    conn: conn.to_string(),
+                    user: meta.user.as_deref().map(str::to_owned),
+                    node: self.inner.node.to_string(),
+                    rooms,
+                    session: Some(meta.session.clone()),
+                }));
+            }
+        }
+        Ok(self
+            .inner
+            .presence
+            .connection(conn)
+            .await?
+            .map(|p| ConnInfo {
+                conn: conn.to_string(),
+                user: p.user.as_deref().map(str::to_owned),
+                node: p.node.to_string(),
+                rooms: p.rooms,
+                session: None,
+            }))
+    }
+}
+
+/// One open connection, owned by the task that serves its socket.
+///
+/// Dropping it without [`close`](Connection::close) still removes it from the
+/// hub (in a spawned task), so a panicking connection task leaks nothing.
+pub struct Connection {
+    hub: Hub,
+    state: Arc<ConnState>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.state.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// The connection id.
+    pub fn id(&self) -> ConnId {
+        self.state.id
+    }
+
+    /// The hub it belongs to.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Its outgoing queue: write what it hands out, in order.
+    pub fn outbox(&self) -> &Outbox {
+        &self.state.outbox
+    }
+
+    /// Queues a frame for this connection alone (a reply).
+    pub fn send_frame(&self, frame: Frame) -> Result<(), PushError> {
+        let r = self.state.outbox.push(frame);
+        if r == Err(PushError::Overflow) {
+            self.hub
+                .inner
+                .metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Its user id, once it has one.
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.state.meta().user.clone()
+    }
+
+    /// The rooms it is in.
+    pub fn rooms(&self) -> Vec<String> {
+        self.state.meta().rooms.clone()
+    }
+
+    fn member(&self) -> Member {
+        self.hub.member_of(&self.state)
+    }
+
+    /// Binds a user id to a connection that has none yet (open mode's `auth`,
+    /// or a verified token's subject).
+    pub async fn authenticate(&self, user: &str) -> Result<(), AuthError> {
+        if !valid_user(user) {
+            return Err(AuthError::InvalidUser);
+        }
+        let user: Arc<str> = Arc::from(user);
+        {
+            let mut meta = self.state.meta();
+            if meta.closed {
+                return Err(AuthError::Closed);
+            }
+            if meta.user.is_some() {
+                return Err(AuthError::AlreadyAuthenticated);
+            }
+            if !meta.rooms.is_empty() {
+                return Err(AuthError::AfterJoin);
+            }
+            meta.user = Some(user.clone());
+            self.hub.inner.users.write(&user, |m| {
+                m.entry(user.clone()).or_default().push(self.state.clone())
+            });
+        }
+        self.hub.inner.presence.connect(&self.member()).await?;
+        Ok(())
+    }
+
+    /// Joins a room. Returns false if the connection was in it already.
+    pub async fn join(&self, room: &str) -> Result<bool, JoinError> {
+        self.hub.join_state(&self.state, room, false).await
+    }
+
+    /// Leaves a room. Returns false if the connection was not in it.
+    pub async fn leave(&self, room: &str) -> Result<bool, LeaveError> {
+        validate_room_name(room, self.hub.inner.config.max_room_name_bytes)?;
+        self.hub.leave_state(&self.state, room, false).await
+    }
+
+    /// Publishes as this connection: the publication carries it as the sender.
+    pub async fn publish(&self, mut publication: Publication) -> Result<usize, PublishError> {
+        publication.from = Some(crate::Sender {
+            conn: self.state.id,
+            user: self.user(),
+        });
+        self.hub.publish(publication).await
+    }
+
+    /// Merges `data` into the session data: each key is set, or removed when its value is null.
+    pub fn merge_session(&self, data: Map<String, Value>) -> Result<(), SessionError> {
+        let max = self.hub.inner.config.max_session_bytes;
+        let mut meta = self.state.meta();
+        let mut merged = meta.session.clone();
+        for (k, v) in data {
+            if v.is_null() {
+                merged.remove(&k);
+            } else {
+                merged.insert(k, v);
+            }
+        }
+        let size = serde_json::to_vec(&merged)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > max {
+            return Err(SessionError::TooLarge { max });
+        }
+        meta.session = merged;
+        Ok(())
+    }
+
+    /// The session data.
+    pub fn session(&self) -> Map<String, Value> {
+        self.state.meta().session.clone()
+    }
+
+    /// Removes the connection from every room, index and the presence store.
+    pub async fn close(mut self) {
+        self.done = true;
+        cleanup(self.hub.clone(), self.state.clone()).await;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (hub, state) = (self.hub.clone(), self.state.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(cleanup(hub, state));
+        }
+    }
+}
+
+async fn cleanup(hub: Hub, state: Arc<ConnState>) {
+    let inner = &hub.inner;
+    let (user, rooms) = {
+        let mut meta = state.meta();
+        if meta.closed {
+            return;
+        }
+        meta.closed = true;
+        (meta.user.clone(), std::mem::take(&mut meta.rooms))
+    };
+    state.outbox.close(Disconnect::NORMAL);
+    inner.conns.write(&state.id, |m| m.remove(&state.id));
+    if let Some(u) = &user {
+        inner.users.write(u, |m| {
+            if let Some(list) = m.get_mut(u) {
+                list.retain(|c| c.id != state.id);
+                if list.is_empty() {
+                    m.remove(u);
+                }
+            }
+        });
+    }
+    for room in rooms {
+        let _ = hub.leave_locally(state.id, &room, user.clone(), None).await;
+    }
+    if let Err(e) = inner.presence.disconnect(state.id).await {
+        hub.backend_error(&e);
+    }
+    inner.open.fetch_sub(1, Ordering::AcqRel);
+    inner
+        .metrics
+        .connections_closed
+        .fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,183 @@
+//! Protocol-neutral messages: what the hub delivers and what brokers carry between nodes.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::{ConnId, Disconnect, NodeId};
+
+/// Where a publication goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every member of a room.
+    Room(String),
+    /// Every connection of a user.
+    User(String),
+    /// One connection.
+    Conn(ConnId),
+    /// Every connection.
+    All,
+}
+
+/// Who sent a publication, when a client did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The sending connection.
+    pub conn: ConnId,
+    /// Its user, if it authenticated as one.
+    pub user: Option<Arc<str>>,
+}
+
+/// Where a publication stands in its room's history stream.
+///
+/// Filled in by a history store (rooms with history); `None` otherwise. The
+/// protocols put it on the wire as `offset` and `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// Monotonically increasing within an epoch.
+    pub offset: u64,
+    /// Changes whenever the stream was lost and restarted.
+    pub epoch: Arc<str>,
+}
+
+/// One message for clients: an event name and JSON data, sent to a [`Target`].
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Who receives it.
+    pub target: Target,
+    /// The application's event name.
+    pub event: String,
+    /// Any JSON value, kept as the sender wrote it (never re-parsed per recipient).
+    pub data: Box<RawValue>,
+    /// The client that published it, if any.
+    pub from: Option<Sender>,
+    /// A connection that must not receive it (a sender's `exclude_self`).
+    pub exclude: Option<ConnId>,
+    /// Its position in the room's history, for rooms that keep one.
+    pub position: Option<StreamPosition>,
+}
+
+impl Publication {
+    /// A publication from the server (no sender), with JSON `data`.
+    pub fn new(target: Target, event: impl Into<String>, data: Box<RawValue>) -> Publication {
+        Publication {
+            target,
+            event: event.into(),
+            data,
+            from: None,
+            exclude: None,
+            position: None,
+        }
+    }
+
+    /// A publication whose data is serialised from a Rust value.
+    pub fn json<T: serde::Serialize>(
+        target: Target,
+        event: impl Into<String>,
+        data: &T,
+    ) -> Result<Publication, serde_json::Error> {
+        let raw = serde_json::value::to_raw_value(data)?;
+        Ok(Publication::new(target, event, raw))
+    }
+}
+
+/// A user's first connection joined a room, or their last one left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// The room.
+    pub room: String,
+    /// Joined or left.
+    pub kind: PresenceKind,
+    /// The user.
+    pub user: Arc<str>,
+    /// The connection whose join or leave caused the event.
+    pub conn: ConnId,
+}
+
+/// See [`PresenceEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    /// The user's first connection joined.
+    Join,
+    /// The user's last connection left.
+    Leave,
+}
+
+impl PresenceKind {
+    /// `"join"` or `"leave"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceKind::Join => "join",
+            PresenceKind::Leave => "leave",
+        }
+    }
+}
+
+/// Whose connections a server-side command acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    /// Every connection of a user, on every node.
+    User(String),
+    /// One connection.
+    Conn(ConnId),
+}
+
+/// A server-side action carried to every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Put connections into a room.
+    Join {
+        /// Whose connections.
+        who: Who,
+        /// The room.
+        room: String,
+    },
+    /// Take connections out of a room.
+    Leave {
+        /// Whose connections.
+        who: Who,
+        /// The room.
+        room: String,
+    },
+    /// Close connections.
+    Disconnect {
+        /// Whose connections.
+        who: Who,
+        /// The code and reason the clients are given.
+        reason: Disconnect,
+    },
+}
+
+/// What brokers carry between nodes.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A message for clients.
+    Publication(Arc<Publication>),
+    /// A presence change, for the room's members.
+    Presence(PresenceEvent),
+    /// A server-side action.
+    Command(Command),
+}
+
+/// A [`Payload`] and the node it came from.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The node that sent it; brokers do not hand it back to that node.
+    pub origin: NodeId,
+    /// What it carries.
+    pub payload: Payload,
+}
+
+impl Envelope {
+    /// The room a broker may use to route the envelope only to nodes with members in it.
+    pub fn room(&self) -> Option<&str> {
+        match &self.payload {
+            Payload::Publication(p) => match &p.target {
+                Target::Room(r) => Some(r),
+                _ => None,
+            },
+            Payload::Presence(e) => Some(&e.room),
+            Payload::Command(_) => None,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Room names and the per-pattern rules that apply to rooms.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest room name allowed when nothing else is configured.
+pub const DEFAULT_MAX_ROOM_NAME: usize = 200;
+
+/// Why a room name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomNameError {
+    /// The name is empty.
+    #[error("room name is empty")]
+    Empty,
+    /// The name is too long.
+    #[error("room name is longer than {max} bytes")]
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// The name has a character outside the allowed set.
+    #[error("room name may only contain A-Z a-z 0-9 and _ - . : @ # / = +")]
+    BadChar,
+}
+
+/// Checks a room name: 1 to `max_len` bytes of `A-Z a-z 0-9 _ - . : @ # / = +`.
+pub fn validate_room_name(name: &str, max_len: usize) -> Result<(), RoomNameError> {
+    if name.is_empty() {
+        return Err(RoomNameError::Empty);
+    }
+    if name.len() > max_len {
+        return Err(RoomNameError::TooLong { max: max_len });
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.:@#/=+".contains(&b))
+    {
+        return Err(RoomNameError::BadChar);
+    }
+    Ok(())
+}
+
+/// Settings for the rooms whose names match `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomRule {
+    /// A room name, or a glob where `*` matches any run of characters (`chat:*`, `*`).
+    pub pattern: String,
+    /// Send `presence` join/leave events to members when a user's first connection
+    /// joins or their last leaves. Default: true.
+    #[serde(default = "yes")]
+    pub join_leave_events: bool,
+    /// Whether clients may ask who is in the room. Default: true.
+    #[serde(default = "yes")]
+    pub presence: bool,
+    /// The most connections the room may hold; 0 means no limit. Default: 0.
+    #[serde(default)]
+    pub max_members: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RoomRule {
+    /// The rule for rooms no configured pattern matches.
+    pub fn default_for(pattern: &str) -> RoomRule {
+        RoomRule {
+            pattern: pattern.to_owned(),
+            join_leave_events: true,
+            presence: true,
+            max_members: 0,
+        }
+    }
+
+    /// Whether this rule applies to `room`.
+    pub fn matches(&self, room: &str) -> bool {
+        glob_match(self.pattern.as_bytes(), room.as_bytes())
+    }
+}
+
+/// Rules in configuration order; the first whose pattern matches a room applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRules {
+    rules: Vec<RoomRule>,
+    fallback: RoomRule,
+}
+
+impl Default for RoomRules {
+    fn default() -> Self {
+        RoomRules::new(Vec::new())
+    }
+}
+
+impl RoomRules {
+    /// Rules in order of precedence.
+    pub fn new(rules: Vec<RoomRule>) -> RoomRules {
+        RoomRules {
+            rules,
+            fallback: RoomRule::default_for("*"),
+        }
+    }
+
+    /// The rule that applies to `room`.
+    pub fn for_room(&self, room: &str) -> &RoomRule {
+        self.rules
+            .iter()
+            .find(|r| r.matches(room))
+            .unwrap_or(&self.fallback)
+    }
+}
+
+/// Matches `*` against any run of bytes; everything else literally.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert!(validate_room_name("chat:lobby-1/a.b@c#d=e+f_g", 200).is_ok());
+        assert_eq!(validate_room_name("", 200), Err(RoomNameError::Empty));
+        assert_eq!(validate_room_name("a b", 200), Err(RoomNameError::BadChar));
+        assert_eq!(validate_room_name("é", 200), Err(RoomNameError::BadChar));
+        assert_eq!(
+            validate_room_name("abcd", 3),
+            Err(RoomNameError::TooLong { max: 3 })
+        );
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*", b"anything"));
+        assert!(glob_match(b"chat:*", b"chat:lobby"));
+        assert!(glob_match(b"chat:*", b"chat:"));
+        assert!(!glob_match(b"chat:*", b"chatx"));
+        assert!(glob_match(b"a*b*c", b"aXXbYYc"));
+        assert!(!glob_match(b"a*b*c", b"aXXbYY"));
+        assert!(glob_match(b"exact", b"exact"));
+        assert!(!glob_match(b"exact", b"exactly"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let mut quiet = RoomRule::default_for("big:*");
+        quiet.join_leave_events = false;
+        let rules = RoomRules::new(vec![quiet, RoomRule::default_for("*")]);
+        assert!(!rules.for_room("big:1").join_leave_events);
+        assert!(rules.for_room("small").join_leave_events);
+    }
+}
