@@ -1,1 +1,139 @@
-fn main() {}
+//! The `roomcast` binary.
+//!
+//! Configuration is layered: built-in defaults, then the TOML file
+//! (`--config` or `ROOMCAST_CONFIG`), then `ROOMCAST_*` environment variables,
+//! then command-line flags; later layers win.
+
+mod settings;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use roomcast::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "roomcast",
+    version,
+    about = "A real-time messaging server: rooms, presence and server push over WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file [env: ROOMCAST_CONFIG]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port)
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// API key required on /api/* as `Authorization: Bearer <key>`
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Log filter: error, warn, info, debug, trace
+    #[arg(long)]
+    log: Option<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> Result<Config, String> {
+        let mut flags = Vec::new();
+        if let Some(l) = self.listen {
+            flags.push(("listen", l.to_string()));
+        }
+        if let Some(k) = &self.api_key {
+            flags.push(("api.key", k.clone()));
+        }
+        if let Some(l) = &self.log {
+            flags.push(("log", l.clone()));
+        }
+        let file = self
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("ROOMCAST_CONFIG").map(PathBuf::from));
+        settings::load(file.as_deref(), std::env::vars(), &flags)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Serve(args) | Command::Config(args)) = &cli.command;
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("roomcast: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Config(_) = cli.command {
+        print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("roomcast: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomcast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server = Server::new(config);
+    // Tests and scripts wait for this line to learn the port.
+    println!(
+        "roomcast listening on http://{addr} (chat page at /, WebSocket at /ws, API at /api/)"
+    );
+    tracing::info!(%addr, node = %server.hub().node(), "listening");
+    let router = server.router();
+    server.run(listener, router, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,1 +1,55 @@
+//! roomcast's server: the native WebSocket protocol, the HTTP server API,
+//! Prometheus metrics and a chat page, on axum, around the
+//! [`roomcast_core::Hub`].
+//!
+//! # Layout
+//!
+//! - [`Server`] (`server.rs`): owns the hub; [`Server::router`] gives every
+//!   route, [`Server::run`] serves them with a graceful drain.
+//! - `ws.rs`: one task per native WebSocket connection (read, batched writes,
+//!   heartbeat, close codes).
+//! - [`native`]: the native protocol's codec, pure functions over JSON text.
+//! - `api.rs`: the `/api/*` routes, `/healthz`, `/metrics`.
+//! - [`auth`]: the authentication seam (open mode for now).
+//! - [`config`]: [`Config`], whose `Default` is the documented default.
+//! - [`metrics`]: counters and the Prometheus rendering.
+//!
+//! # Example
+//!
+//! Embed roomcast in an axum application and publish from Rust code:
+//!
+//! ```no_run
+//! use roomcast::{Config, Server};
+//! use roomcast_core::{Publication, Target};
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let server = Server::new(Config::default());
+//! let app = axum::Router::new()
+//!     .route("/hello", axum::routing::get(|| async { "hello" }))
+//!     .merge(server.router());
+//!
+//! let hub = server.hub().clone();
+//! tokio::spawn(async move {
+//!     let p = Publication::json(Target::Room("news".into()), "tick", &1).unwrap();
+//!     hub.publish(p).await.unwrap();
+//! });
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! server.run(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 
+#![warn(missing_docs)]
+
+mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod native;
+mod server;
+mod ws;
+
+pub use api::ApiError;
+pub use config::Config;
+pub use roomcast_core;
+pub use server::Server;

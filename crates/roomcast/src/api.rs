@@ -1,0 +1,462 @@
+//! The HTTP server API under `/api/`: publish, membership, disconnect, presence
+//! and stats, for any backend. `docs/http-api.md` is the reference.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use roomcast_core::error::{JoinError, LeaveError, PublishError, QueryError};
+use roomcast_core::room::RoomNameError;
+use roomcast_core::{ConnId, Disconnect, Publication, Target, Who};
+
+use crate::Server;
+
+/// An API failure: an HTTP status and a JSON body
+/// `{"error":{"code":"...","message":"...","field":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl ToString) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.to_string(),
+            field: None,
+        }
+    }
+
+    fn field(code: &'static str, field: &str, message: impl ToString) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.to_string(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    fn missing(field: &str) -> ApiError {
+        ApiError::field("bad_request", field, format!("missing field `{field}`"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn room_error(field: &str, e: RoomNameError) -> ApiError {
+    ApiError::field("invalid_room", field, e)
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::InvalidRoom(e) => room_error("room", e),
+            PublishError::InvalidEvent => ApiError::field("invalid_event", "event", e),
+            PublishError::Broker { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
+            }
+        }
+    }
+}
+
+impl From<JoinError> for ApiError {
+    fn from(e: JoinError) -> Self {
+        match e {
+            JoinError::InvalidRoom(e) => room_error("room", e),
+            e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e),
+        }
+    }
+}
+
+impl From<LeaveError> for ApiError {
+    fn from(e: LeaveError) -> Self {
+        match e {
+            LeaveError::InvalidRoom(e) => room_error("room", e),
+            e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::InvalidRoom(e) => room_error("room", e),
+            QueryError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e),
+            QueryError::Presence(e) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
+            }
+        }
+    }
+}
+
+/// Parses a JSON body, naming the field at fault.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body is not valid JSON: {inner}"),
+            );
+        }
+        let msg = inner.to_string();
+        // serde names an unknown field in its message; lift it into `field`.
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            return ApiError::field("bad_request", name, msg.clone());
+        }
+        if path == "." {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be a JSON object: {msg}"),
+            )
+        } else {
+            ApiError::field("bad_request", &path, format!("field `{path}`: {msg}"))
+        }
+    })
+}
+
+/// A JSON request body; failures become [`ApiError`]s (400, or 413 when too large).
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "bad_request"
+            };
+            ApiError::new(e.status(), code, e.body_text())
+        })?;
+        body(&bytes).map(Body)
+    }
+}
+
+fn required<T>(field: &str, v: Option<T>) -> Result<T, ApiError> {
+    v.ok_or_else(|| ApiError::missing(field))
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
+fn parse_conn(field: &str, s: &str) -> Result<ConnId, ApiError> {
+    s.parse()
+        .map_err(|e| ApiError::field("invalid_conn", field, e))
+}
+
+/// `user` or `conn`, exactly one.
+fn who(user: Option<String>, conn: Option<String>) -> Result<Who, ApiError> {
+    match (user, conn) {
+        (Some(u), None) => Ok(Who::User(u)),
+        (None, Some(c)) => Ok(Who::Conn(parse_conn("conn", &c)?)),
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "bad_request",
+            "conn",
+            "give `user` or `conn`, not both",
+        )),
+        (None, None) => Err(ApiError::field(
+            "bad_request",
+            "user",
+            "missing field `user` (or `conn`)",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    room: Option<String>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+    exclude_conn: Option<String>,
+}
+
+async fn publish(
+    State(s): State<Server>,
+    Body(b): Body<PublishBody>,
+) -> Result<Json<Value>, ApiError> {
+    let mut p = Publication::new(
+        Target::Room(required("room", b.room)?),
+        required("event", b.event)?,
+        b.data.unwrap_or_else(null),
+    );
+    if let Some(c) = b.exclude_conn {
+        p.exclude = Some(parse_conn("exclude_conn", &c)?);
+    }
+    let n = s.hub().publish(p).await?;
+    Ok(Json(json!({ "delivered": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+}
+
+async fn broadcast(
+    State(s): State<Server>,
+    Body(b): Body<BroadcastBody>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Publication::new(
+        Target::All,
+        required("event", b.event)?,
+        b.data.unwrap_or_else(null),
+    );
+    let n = s.hub().publish(p).await?;
+    Ok(Json(json!({ "delivered": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    user: Option<String>,
+    conn: Option<String>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+}
+
+async fn send(State(s): State<Server>, Body(b): Body<SendBody>) -> Result<Json<Value>, ApiError> {
+    let target = match who(b.user, b.conn)? {
+        Who::User(u) => Target::User(u),
+        Who::Conn(c) => Target::Conn(c),
+    };
+    let p = Publication::new(
+        target,
+        required("event", b.event)?,
+        b.data.unwrap_or_else(null),
+    );
+    let n = s.hub().publish(p).await?;
+    Ok(Json(json!({ "delivered": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipBody {
+    user: Option<String>,
+    conn: Option<String>,
+    room: Option<String>,
+}
+
+async fn join(
+    State(s): State<Server>,
+    Body(b): Body<MembershipBody>,
+) -> Result<Json<Value>, ApiError> {
+    let who = who(b.user, b.conn)?;
+    let n = s.hub().join(who, &required("room", b.room)?).await?;
+    Ok(Json(json!({ "joined": n })))
+}
+
+async fn leave(
+    State(s): State<Server>,
+    Body(b): Body<MembershipBody>,
+) -> Result<Json<Value>, ApiError> {
+    let who = who(b.user, b.conn)?;
+    let n = s.hub().leave(who, &required("room", b.room)?).await?;
+    Ok(Json(json!({ "left": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: Option<String>,
+    conn: Option<String>,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+async fn disconnect(
+    State(s): State<Server>,
+    Body(b): Body<DisconnectBody>,
+) -> Result<Json<Value>, ApiError> {
+    let who = who(b.user, b.conn)?;
+    let code = b.code.unwrap_or(Disconnect::BY_SERVER.code);
+    if !(4000..=4999).contains(&code) {
+        return Err(ApiError::field(
+            "bad_request",
+            "code",
+            "code must be between 4000 and 4999",
+        ));
+    }
+    let reason = Disconnect::custom(
+        code,
+        b.reason
+            .unwrap_or_else(|| Disconnect::BY_SERVER.reason.into_owned()),
+    );
+    let n =
+        s.hub().disconnect(who, reason).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
+        })?;
+    Ok(Json(json!({ "disconnected": n })))
+}
+
+async fn presence(
+    State(s): State<Server>,
+    Path(room): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = s.hub().room_presence(&room).await?;
+    Ok(Json(json!({
+        "room": room,
+        "connections": p.connections,
+        "users": p.users,
+        "anonymous": p.anonymous,
+    })))
+}
+
+async fn rooms(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "rooms": s.hub().rooms().await? })))
+}
+
+async fn user(State(s): State<Server>, Path(user): Path<String>) -> Result<Json<Value>, ApiError> {
+    let p = s.hub().user_presence(&user).await?;
+    Ok(Json(
+        json!({ "user": user, "online": p.online, "connections": p.connections }),
+    ))
+}
+
+async fn connection(
+    State(s): State<Server>,
+    Path(conn): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_conn("conn", &conn)?;
+    Ok(Json(match s.hub().connection_info(id).await? {
+        Some(info) => {
+            let mut v = serde_json::to_value(info).unwrap_or_default();
+            v["online"] = true.into();
+            v
+        }
+        None => json!({ "conn": conn, "online": false }),
+    }))
+}
+
+async fn stats(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
+    let hub = s.hub();
+    let t = hub.stats().await?;
+    Ok(Json(json!({
+        "connections": t.connections,
+        "users": t.users,
+        "rooms": t.rooms,
+        "node": {
+            "id": hub.node().to_string(),
+            "connections": hub.local_connections(),
+            "rooms": hub.local_rooms(),
+        },
+    })))
+}
+
+async fn healthz(State(s): State<Server>) -> Response {
+    if s.hub().is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
+            .into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(s): State<Server>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(s.hub(), &s.inner().metrics),
+    )
+        .into_response()
+}
+
+/// Compares without leaking where the first difference is.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts requests and errors, and checks the API key.
+async fn guard(State(s): State<Server>, req: Request, next: Next) -> Response {
+    let m = &s.inner().metrics;
+    m.api_requests.fetch_add(1, Ordering::Relaxed);
+    let key = &s.inner().config.api.key;
+    if !key.is_empty() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_key(given.as_bytes(), key.as_bytes()) {
+            m.api_errors.fetch_add(1, Ordering::Relaxed);
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong API key: send `Authorization: Bearer <key>`",
+            )
+            .into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        m.api_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+}
+
+/// The `/api/*` routes, `/healthz` and `/metrics`.
+pub(crate) fn routes(server: &Server) -> Router<Server> {
+    let api = Router::new()
+        .route("/publish", post(publish))
+        .route("/broadcast", post(broadcast))
+        .route("/send", post(send))
+        .route("/join", post(join))
+        .route("/leave", post(leave))
+        .route("/disconnect", post(disconnect))
+        .route("/presence/{room}", get(presence))
+        .route("/rooms", get(rooms))
+        .route("/users/{user}", get(user))
+        .route("/connections/{conn}", get(connection))
+        .route("/stats", get(stats))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            server.inner().config.api.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(server.clone(), guard));
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+}

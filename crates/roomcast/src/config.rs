@@ -1,0 +1,251 @@
+//! Server configuration: a plain struct whose `Default` is the documented default.
+//!
+//! The `roomcast` binary layers a TOML file, `ROOMCAST_*` environment variables
+//! and command-line flags onto it; an embedding application fills it in code.
+//! Every field is listed, with its default and unit, in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use roomcast_core::room::{RoomRule, RoomRules};
+use roomcast_core::HubConfig;
+
+/// The whole server configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port to listen on. Default: `127.0.0.1:8000`.
+    pub listen: SocketAddr,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter). Default: `info`.
+    pub log: String,
+    /// The HTTP server API.
+    pub api: ApiConfig,
+    /// Client authentication.
+    pub auth: AuthConfig,
+    /// Size and count limits.
+    pub limits: LimitsConfig,
+    /// Server-driven WebSocket pings.
+    pub heartbeat: HeartbeatConfig,
+    /// WebSocket buffers.
+    pub websocket: WebSocketConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Per-room rules, first match wins; rooms no rule matches get the defaults.
+    pub rooms: Vec<RoomRule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            log: "info".to_owned(),
+            api: ApiConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            websocket: WebSocketConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            rooms: Vec::new(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// API key required as `Authorization: Bearer <key>` on `/api/*`; empty means no key. Default: empty.
+    pub key: String,
+    /// Largest request body, in bytes. Default: 1048576 (1 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            key: String::new(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Development: clients pick their own user id (`{"type":"auth","user":"alice"}`).
+    Open,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `open`. Default: `open`.
+    pub mode: AuthMode,
+    /// Whether a connection may do anything but `auth` and `ping` before it
+    /// authenticates. Default: true.
+    pub anonymous: bool,
+    /// When `anonymous` is false, connections that have not authenticated after
+    /// this many milliseconds are closed with code 4501. Default: 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Open,
+            anonymous: true,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most open client connections on this node; 0 means no limit. Default: 100000.
+    pub max_connections: usize,
+    /// Largest WebSocket message (and frame) a client may send, in bytes. Default: 65536.
+    pub max_message_bytes: usize,
+    /// Bytes a connection's outgoing queue may hold before it is closed as a slow
+    /// consumer (code 4001). Default: 1048576 (1 MiB).
+    pub max_queue_bytes: usize,
+    /// Most rooms one connection may be in. Default: 100.
+    pub max_rooms_per_connection: usize,
+    /// Longest room name, in bytes. Default: 200.
+    pub max_room_name_bytes: usize,
+    /// Most bytes of JSON in one connection's session data. Default: 16384.
+    pub max_session_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let hub = HubConfig::default();
+        LimitsConfig {
+            max_connections: hub.max_connections,
+            max_message_bytes: 64 << 10,
+            max_queue_bytes: hub.max_queue_bytes,
+            max_rooms_per_connection: hub.max_rooms_per_connection,
+            max_room_name_bytes: hub.max_room_name_bytes,
+            max_session_bytes: hub.max_session_bytes,
+        }
+    }
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// Milliseconds between server pings. Default: 25000.
+    pub interval_ms: u64,
+    /// A connection silent (no frame, no pong) for `interval_ms + timeout_ms` is
+    /// closed with code 4002; a write that cannot finish in that time closes it
+    /// with 4001. Default: 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval_ms: 25_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl HeartbeatConfig {
+    /// Time between pings.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(1))
+    }
+
+    /// How long a connection may stay silent.
+    pub fn silence_limit(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(1) + self.timeout_ms)
+    }
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Initial read buffer per connection, in bytes (grows for larger messages). Default: 4096.
+    pub read_buffer_bytes: usize,
+    /// Queued frames are written to the socket once this many bytes are buffered,
+    /// and always at the end of a batch. Default: 65536.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 64 << 10,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM/SIGINT, how long to wait for connections to receive their
+    /// close (code 4000) before exiting anyway, in milliseconds. Default: 5000.
+    pub drain_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_ms: 5_000 }
+    }
+}
+
+impl Config {
+    /// The hub's part of the configuration.
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            max_connections: self.limits.max_connections,
+            max_queue_bytes: self.limits.max_queue_bytes,
+            max_rooms_per_connection: self.limits.max_rooms_per_connection,
+            max_room_name_bytes: self.limits.max_room_name_bytes,
+            max_session_bytes: self.limits.max_session_bytes,
+            rooms: RoomRules::new(self.rooms.clone()),
+        }
+    }
+
+    /// Checks values that parse but make no sense; names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("api.max_body_bytes", self.api.max_body_bytes as u64),
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+            ),
+            ("limits.max_queue_bytes", self.limits.max_queue_bytes as u64),
+            (
+                "limits.max_room_name_bytes",
+                self.limits.max_room_name_bytes as u64,
+            ),
+            ("heartbeat.interval_ms", self.heartbeat.interval_ms),
+            (
+                "websocket.read_buffer_bytes",
+                self.websocket.read_buffer_bytes as u64,
+            ),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        for (i, rule) in self.rooms.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                return Err(format!("rooms[{i}].pattern must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}

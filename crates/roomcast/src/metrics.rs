@@ -1,0 +1,175 @@
+//! Counters of the server layer and the Prometheus text rendering of all metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use roomcast_core::Hub;
+
+/// Counters kept by the protocol and API layers.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    /// Frames received from clients.
+    pub messages_in: AtomicU64,
+    /// Bytes received from clients.
+    pub bytes_in: AtomicU64,
+    /// Client frames answered with an `error` frame.
+    pub client_errors: AtomicU64,
+    /// HTTP API requests.
+    pub api_requests: AtomicU64,
+    /// HTTP API requests answered with a 4xx or 5xx status.
+    pub api_errors: AtomicU64,
+    /// Connections closed by the server, by close code.
+    disconnects: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl ServerMetrics {
+    /// Counts a message received from a client.
+    pub fn count_in(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a server-initiated close.
+    pub fn disconnect(&self, code: u16) {
+        *self
+            .disconnects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    /// Server-initiated closes with `code` so far.
+    pub fn disconnects(&self, code: u16) -> u64 {
+        self.disconnects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&code)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Renders every metric in the Prometheus text exposition format.
+pub fn render(hub: &Hub, server: &ServerMetrics) -> String {
+    let h = hub.metrics();
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(2048);
+    metric(
+        &mut out,
+        "roomcast_connections",
+        "gauge",
+        "Open client connections on this node.",
+        hub.local_connections() as u64,
+    );
+    metric(
+        &mut out,
+        "roomcast_rooms",
+        "gauge",
+        "Rooms with members on this node.",
+        hub.local_rooms() as u64,
+    );
+    metric(
+        &mut out,
+        "roomcast_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+        get(&h.connections_accepted),
+    );
+    metric(
+        &mut out,
+        "roomcast_connections_closed_total",
+        "counter",
+        "Client connections closed, for any reason.",
+        get(&h.connections_closed),
+    );
+    metric(
+        &mut out,
+        "roomcast_messages_in_total",
+        "counter",
+        "WebSocket messages received from clients.",
+        get(&server.messages_in),
+    );
+    metric(
+        &mut out,
+        "roomcast_bytes_in_total",
+        "counter",
+        "Bytes of WebSocket messages received from clients.",
+        get(&server.bytes_in),
+    );
+    metric(
+        &mut out,
+        "roomcast_messages_out_total",
+        "counter",
+        "Frames queued for clients.",
+        get(&h.messages_out),
+    );
+    metric(
+        &mut out,
+        "roomcast_bytes_out_total",
+        "counter",
+        "Bytes of frames queued for clients.",
+        get(&h.bytes_out),
+    );
+    metric(
+        &mut out,
+        "roomcast_publications_total",
+        "counter",
+        "Publications sent from this node (clients, API, library).",
+        get(&h.publications),
+    );
+    metric(
+        &mut out,
+        "roomcast_slow_consumer_disconnects_total",
+        "counter",
+        "Connections closed because their outgoing queue overflowed.",
+        get(&h.slow_consumer_disconnects),
+    );
+    metric(
+        &mut out,
+        "roomcast_client_errors_total",
+        "counter",
+        "Client frames answered with an error frame.",
+        get(&server.client_errors),
+    );
+    metric(
+        &mut out,
+        "roomcast_backend_errors_total",
+        "counter",
+        "Broker and presence store failures.",
+        get(&h.backend_errors),
+    );
+    metric(
+        &mut out,
+        "roomcast_api_requests_total",
+        "counter",
+        "HTTP API requests.",
+        get(&server.api_requests),
+    );
+    metric(
+        &mut out,
+        "roomcast_api_errors_total",
+        "counter",
+        "HTTP API requests answered with an error status.",
+        get(&server.api_errors),
+    );
+    let _ = writeln!(out, "# HELP roomcast_disconnects_total Connections closed by the server, by close code.\n# TYPE roomcast_disconnects_total counter");
+    for (code, n) in server
+        .disconnects
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(out, "roomcast_disconnects_total{{code=\"{code}\"}} {n}");
+    }
+    out
+}

@@ -1,0 +1,465 @@
+//! The native protocol: JSON text frames over a plain WebSocket at `/ws`.
+//!
+//! Pure functions over strings: [`decode`] turns a client frame into a
+//! [`ClientCommand`], the `encode_*` functions build server frames, and
+//! [`NativeProtocol`] is the hub's encoder. `docs/protocol.md` is the reference.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use roomcast_core::{Disconnect, Frame, PresenceEvent, Protocol, Publication, Target};
+
+/// A client command, with the reply id it asked for.
+#[derive(Debug)]
+pub struct Request {
+    /// The `id` to echo in the reply, if the client asked for one.
+    pub id: Option<u64>,
+    /// What the client asked for.
+    pub command: ClientCommand,
+}
+
+/// What a client can ask for.
+#[derive(Debug)]
+pub enum ClientCommand {
+    /// Present a token or, in open mode, a user id.
+    Auth {
+        /// A connection token.
+        token: Option<String>,
+        /// A client-chosen user id (open mode).
+        user: Option<String>,
+    },
+    /// Join a room.
+    Join {
+        /// The room.
+        room: String,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// Publish to a room.
+    Publish {
+        /// The room.
+        room: String,
+        /// The event name.
+        event: String,
+        /// The data.
+        data: Box<RawValue>,
+        /// Do not deliver to the sender.
+        exclude_self: bool,
+    },
+    /// Send to every connection of a user.
+    Send {
+        /// The user.
+        user: String,
+        /// The event name.
+        event: String,
+        /// The data.
+        data: Box<RawValue>,
+    },
+    /// Send to every connection.
+    Broadcast {
+        /// The event name.
+        event: String,
+        /// The data.
+        data: Box<RawValue>,
+    },
+    /// Ask who is in a room.
+    Presence {
+        /// The room.
+        room: String,
+    },
+    /// Merge into the connection's session data.
+    Session {
+        /// Keys to set (null removes).
+        data: Map<String, Value>,
+    },
+    /// Ask for a pong.
+    Ping,
+}
+
+/// Why a client frame was not understood; answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// The reply id, if the frame got far enough to have one.
+    pub id: Option<u64>,
+    /// `bad_request` or `unknown_type`.
+    pub code: &'static str,
+    /// What was wrong, naming the field.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    id: Option<u64>,
+    token: Option<String>,
+    user: Option<String>,
+    room: Option<String>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+    exclude_self: Option<bool>,
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
+/// Decodes one client text frame.
+pub fn decode(text: &str) -> Result<Request, DecodeError> {
+    let raw: Raw = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = if inner.is_data() && path != "." {
+                format!("field `{path}`: {inner}")
+            } else if inner.is_data() {
+                "a command is a JSON object with a \"type\"".to_owned()
+            } else {
+                format!("invalid JSON: {inner}")
+            };
+            DecodeError {
+                id: None,
+                code: "bad_request",
+                message,
+            }
+        })?;
+    let id = raw.id;
+    let missing = |field: &str| DecodeError {
+        id,
+        code: "bad_request",
+        message: format!("missing field `{field}`"),
+    };
+    let Some(ty) = raw.ty else {
+        return Err(missing("type"));
+    };
+    let room = || raw.room.clone().ok_or_else(|| missing("room"));
+    let event = || raw.event.clone().ok_or_else(|| missing("event"));
+    let command = match ty.as_str() {
+        "auth" => {
+            if raw.token.is_none() && raw.user.is_none() {
+                return Err(missing("token"));
+            }
+            ClientCommand::Auth {
+                token: raw.token,
+                user: raw.user,
+            }
+        }
+        "join" => ClientCommand::Join { room: room()? },
+        "leave" => ClientCommand::Leave { room: room()? },
+        "publish" => ClientCommand::Publish {
+            room: room()?,
+            event: event()?,
+            data: raw.data.unwrap_or_else(null),
+            exclude_self: raw.exclude_self.unwrap_or(false),
+        },
+        "send" => ClientCommand::Send {
+            user: raw.user.ok_or_else(|| missing("user"))?,
+            event: event()?,
+            data: raw.data.unwrap_or_else(null),
+        },
+        "broadcast" => ClientCommand::Broadcast {
+            event: event()?,
+            data: raw.data.unwrap_or_else(null),
+        },
+        "presence" => ClientCommand::Presence { room: room()? },
+        "session" => {
+            let data = raw.data.ok_or_else(|| missing("data"))?;
+            match serde_json::from_str::<Map<String, Value>>(data.get()) {
+                Ok(data) => ClientCommand::Session { data },
+                Err(_) => {
+                    return Err(DecodeError {
+                        id,
+                        code: "bad_request",
+                        message: "field `data` must be a JSON object".to_owned(),
+                    })
+                }
+            }
+        }
+        "ping" => ClientCommand::Ping,
+        other => {
+            return Err(DecodeError {
+                id,
+                code: "unknown_type",
+                message: format!("unknown command type `{other}`"),
+            })
+        }
+    };
+    Ok(Request { id, command })
+}
+
+fn to_frame<T: Serialize>(value: &T) -> Frame {
+    // Serialising these plain structs cannot fail.
+    Frame::text(serde_json::to_string(value).unwrap_or_default())
+}
+
+#[derive(Serialize)]
+struct FromOut<'a> {
+    conn: String,
+    user: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conn: Option<String>,
+    event: &'a str,
+    data: &'a RawValue,
+    from: Option<FromOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+}
+
+/// `{"type":"message",...}` for a publication.
+pub fn encode_message(p: &Publication) -> Frame {
+    let (room, user, conn) = match &p.target {
+        Target::Room(r) => (Some(r.as_str()), None, None),
+        Target::User(u) => (None, Some(u.as_str()), None),
+        Target::Conn(c) => (None, None, Some(c.to_string())),
+        Target::All => (None, None, None),
+    };
+    to_frame(&MessageOut {
+        ty: "message",
+        room,
+        user,
+        conn,
+        event: &p.event,
+        data: &p.data,
+        from: p.from.as_ref().map(|f| FromOut {
+            conn: f.conn.to_string(),
+            user: f.user.as_deref(),
+        }),
+        offset: p.position.as_ref().map(|s| s.offset),
+        epoch: p.position.as_ref().map(|s| &*s.epoch),
+    })
+}
+
+/// `{"type":"presence","room":...,"event":"join"|"leave","user":...,"conn":...}`.
+pub fn encode_presence(e: &PresenceEvent) -> Frame {
+    to_frame(&serde_json::json!({
+        "type": "presence",
+        "room": e.room,
+        "event": e.kind.as_str(),
+        "user": &*e.user,
+        "conn": e.conn.to_string(),
+    }))
+}
+
+/// `{"type":"joined"|"left","room":...}`: the server changed the connection's rooms.
+pub fn encode_membership(room: &str, joined: bool) -> Frame {
+    to_frame(&serde_json::json!({
+        "type": if joined { "joined" } else { "left" },
+        "room": room,
+    }))
+}
+
+/// `{"type":"disconnect","code":N,"reason":"...","reconnect":bool}`, sent before a close.
+pub fn encode_disconnect(d: &Disconnect) -> Frame {
+    to_frame(&serde_json::json!({
+        "type": "disconnect",
+        "code": d.code,
+        "reason": d.reason,
+        "reconnect": d.reconnect(),
+    }))
+}
+
+/// `{"type":"error","id":N,"code":"...","message":"..."}`.
+pub fn encode_error(id: Option<u64>, code: &str, message: &str) -> Frame {
+    to_frame(&serde_json::json!({
+        "type": "error",
+        "id": id,
+        "code": code,
+        "message": message,
+    }))
+}
+
+/// `{"type":"ack","id":N, ...fields}`; `fields` must be a JSON object or null.
+pub fn encode_ack(id: u64, fields: Value) -> Frame {
+    let mut obj = match fields {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    obj.insert("type".into(), "ack".into());
+    obj.insert("id".into(), id.into());
+    to_frame(&Value::Object(obj))
+}
+
+/// The native protocol's encoder for the hub.
+#[derive(Debug, Default)]
+pub struct NativeProtocol;
+
+impl Protocol for NativeProtocol {
+    fn encode_publication(&self, publication: &Publication) -> Frame {
+        encode_message(publication)
+    }
+
+    fn encode_presence(&self, event: &PresenceEvent) -> Option<Frame> {
+        Some(encode_presence(event))
+    }
+
+    fn encode_membership(&self, room: &str, joined: bool) -> Option<Frame> {
+        Some(encode_membership(room, joined))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_core::{ConnId, PresenceKind, Sender, StreamPosition};
+
+    fn text(f: Frame) -> String {
+        f.as_text().unwrap().to_owned()
+    }
+
+    #[test]
+    fn decodes_every_command() {
+        let r = decode(r#"{"type":"join","room":"lobby","id":7}"#).unwrap();
+        assert_eq!(r.id, Some(7));
+        assert!(matches!(r.command, ClientCommand::Join { room } if room == "lobby"));
+        let r = decode(r#"{"type":"publish","room":"r","event":"chat","data":{"a":[1,2]},"exclude_self":true}"#).unwrap();
+        match r.command {
+            ClientCommand::Publish {
+                room,
+                event,
+                data,
+                exclude_self,
+            } => {
+                assert_eq!(
+                    (room.as_str(), event.as_str(), data.get(), exclude_self),
+                    ("r", "chat", r#"{"a":[1,2]}"#, true)
+                );
+            }
+            c => panic!("{c:?}"),
+        }
+        let r = decode(r#"{"type":"publish","room":"r","event":"e"}"#).unwrap();
+        assert!(matches!(r.command, ClientCommand::Publish { data, .. } if data.get() == "null"));
+        assert!(
+            matches!(decode(r#"{"type":"auth","user":"alice"}"#).unwrap().command, ClientCommand::Auth { user: Some(u), token: None } if u == "alice")
+        );
+        assert!(matches!(
+            decode(r#"{"type":"send","user":"bob","event":"e","data":1}"#)
+                .unwrap()
+                .command,
+            ClientCommand::Send { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"broadcast","event":"e","data":1}"#)
+                .unwrap()
+                .command,
+            ClientCommand::Broadcast { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"presence","room":"r"}"#).unwrap().command,
+            ClientCommand::Presence { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"session","data":{"k":1}}"#)
+                .unwrap()
+                .command,
+            ClientCommand::Session { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"ping","extra":"ignored"}"#)
+                .unwrap()
+                .command,
+            ClientCommand::Ping
+        ));
+    }
+
+    #[test]
+    fn bad_input_names_what_is_wrong() {
+        let e = decode("not json").unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert!(e.message.starts_with("invalid JSON"), "{}", e.message);
+        let e = decode("[1,2]").unwrap_err();
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        let e = decode(r#"{"type":"join","id":3}"#).unwrap_err();
+        assert_eq!(
+            (e.id, e.code, e.message.as_str()),
+            (Some(3), "bad_request", "missing field `room`")
+        );
+        let e = decode(r#"{"type":"join","room":5}"#).unwrap_err();
+        assert!(e.message.contains("field `room`"), "{}", e.message);
+        let e = decode(r#"{"type":"fly","id":1}"#).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(1), "unknown_type"));
+        let e = decode(r#"{"id":1}"#).unwrap_err();
+        assert_eq!(e.message, "missing field `type`");
+        let e = decode(r#"{"type":"session","data":[1]}"#).unwrap_err();
+        assert!(e.message.contains("JSON object"));
+        let e = decode(r#"{"type":"publish","room":"r"}"#).unwrap_err();
+        assert_eq!(e.message, "missing field `event`");
+    }
+
+    #[test]
+    fn encodes_messages_literally() {
+        let mut p = Publication::json(
+            Target::Room("lobby".into()),
+            "chat",
+            &serde_json::json!({"t":"hi"}),
+        )
+        .unwrap();
+        p.from = Some(Sender {
+            conn: ConnId(0x1a),
+            user: Some("alice".into()),
+        });
+        assert_eq!(
+            text(encode_message(&p)),
+            r#"{"type":"message","room":"lobby","event":"chat","data":{"t":"hi"},"from":{"conn":"000000000000001a","user":"alice"}}"#
+        );
+        let mut p = Publication::json(Target::User("bob".into()), "n", &1).unwrap();
+        p.position = Some(StreamPosition {
+            offset: 5,
+            epoch: "e1".into(),
+        });
+        assert_eq!(
+            text(encode_message(&p)),
+            r#"{"type":"message","user":"bob","event":"n","data":1,"from":null,"offset":5,"epoch":"e1"}"#
+        );
+        let p = Publication::json(Target::All, "x", &"\"quoted\"").unwrap();
+        assert_eq!(
+            text(encode_message(&p)),
+            r#"{"type":"message","event":"x","data":"\"quoted\"","from":null}"#
+        );
+    }
+
+    #[test]
+    fn encodes_control_frames_literally() {
+        let e = PresenceEvent {
+            room: "r".into(),
+            kind: PresenceKind::Leave,
+            user: "u".into(),
+            conn: ConnId(1),
+        };
+        assert_eq!(
+            text(encode_presence(&e)),
+            r#"{"conn":"0000000000000001","event":"leave","room":"r","type":"presence","user":"u"}"#
+        );
+        assert_eq!(
+            text(encode_membership("r", true)),
+            r#"{"room":"r","type":"joined"}"#
+        );
+        assert_eq!(
+            text(encode_disconnect(&Disconnect::SLOW)),
+            r#"{"code":4001,"reason":"slow consumer","reconnect":true,"type":"disconnect"}"#
+        );
+        assert_eq!(
+            text(encode_error(Some(2), "bad_request", "x")),
+            r#"{"code":"bad_request","id":2,"message":"x","type":"error"}"#
+        );
+        assert_eq!(
+            text(encode_ack(9, serde_json::json!({"delivered":3}))),
+            r#"{"delivered":3,"id":9,"type":"ack"}"#
+        );
+    }
+}
