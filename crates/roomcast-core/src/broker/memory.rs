@@ -1,14 +1,14 @@
 //! The in-process broker: one node, or several hubs in one process (tests).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Broker, BrokerError, EnvelopeSink};
 use crate::{BoxFuture, Envelope, NodeId};
 
 struct Node {
     id: NodeId,
-    sink: Weak<dyn EnvelopeSink>,
+    sink: Arc<dyn EnvelopeSink>,
     rooms: Mutex<HashSet<String>>,
 }
 
@@ -40,10 +40,10 @@ impl MemoryBroker {
 impl Broker for MemoryBroker {
     fn attach(&self, node: NodeId, sink: Arc<dyn EnvelopeSink>) {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        nodes.retain(|n| n.id != node && n.sink.strong_count() > 0);
+        nodes.retain(|n| n.id != node);
         nodes.push(Arc::new(Node {
             id: node,
-            sink: Arc::downgrade(&sink),
+            sink,
             rooms: Mutex::new(HashSet::new()),
         }));
     }
@@ -62,7 +62,7 @@ impl Broker for MemoryBroker {
                         .contains(room),
                     None => true,
                 })
-                .filter_map(|n| n.sink.upgrade())
+                .map(|n| n.sink.clone())
                 .collect()
         };
         for sink in targets {
