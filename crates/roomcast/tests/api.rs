@@ -361,3 +361,21 @@ async fn two_nodes_on_a_shared_broker_act_as_one() {
     s1.stop().await;
     s2.stop().await;
 }
+
+#[test]
+fn the_close_code_table_in_the_docs_matches_the_code() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/protocol.md"
+    ))
+    .unwrap();
+    for d in roomcast_core::Disconnect::TABLE {
+        let row = format!(
+            "| {} | {} | {} |",
+            d.code,
+            d.reason,
+            if d.reconnect() { "yes" } else { "no" }
+        );
+        assert!(doc.contains(&row), "docs/protocol.md lacks the row {row:?}");
+    }
+}

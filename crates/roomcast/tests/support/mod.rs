@@ -27,8 +27,10 @@ pub struct TestServer {
 
 /// A configuration for tests: small, quick limits are set by each test.
 pub fn config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     c.shutdown.drain_ms = 2_000;
     c
 }
@@ -360,13 +362,10 @@ impl RawClient {
                 }
             }
             let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(STEP * 2, self.stream.read(&mut chunk))
+            let n: usize = tokio::time::timeout(STEP * 2, self.stream.read(&mut chunk))
                 .await
                 .expect("server acted in time")
-            {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+                .unwrap_or_default();
             if n == 0 {
                 return (ops, texts, None);
             }

@@ -1,0 +1,156 @@
+//! The `roomcast` binary as users run it: configuration errors, the listening
+//! line, environment overrides and graceful shutdown on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
+
+fn temp_config(text: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("roomcast-bin-{}-{n}.toml", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+struct Running {
+    child: tokio::process::Child,
+    addr: String,
+}
+
+/// Starts the binary and waits for its "listening on" line.
+async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("roomcast printed its address in time")
+        .unwrap()
+        .expect("a first line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    Running { child, addr }
+}
+
+#[test]
+fn a_bad_config_file_names_the_key_and_line_and_exits_non_zero() {
+    let path = temp_config("listen = \"127.0.0.1:0\"\n\n[limits]\nmax_conections = 5\n");
+    let out = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 4") && err.contains("max_conections"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("ROOMCAST_HEARTBEAT_INTERVAL_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ROOMCAST_HEARTBEAT_INTERVAL_MS"));
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn flags_win_over_environment_and_file() {
+    let path = temp_config("[api]\nkey = \"file\"\n[limits]\nmax_connections = 7\n");
+    let out = Command::new(BIN)
+        .args([
+            "config",
+            "--config",
+            path.to_str().unwrap(),
+            "--api-key",
+            "flag",
+        ])
+        .env("ROOMCAST_LIMITS_MAX_CONNECTIONS", "9")
+        .env("ROOMCAST_API_KEY", "env")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("key = \"flag\""), "{text}");
+    assert!(text.contains("max_connections = 9"), "{text}");
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_4000_and_exits_zero() {
+    let mut server = spawn(
+        &["serve", "--listen", "127.0.0.1:0", "--api-key", "k"],
+        &[("ROOMCAST_SHUTDOWN_DRAIN_MS", "3000")],
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    let welcome = ws.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains("welcome"));
+    // The API key from the flag is in force.
+    let status = reqwest::Client::new()
+        .get(format!("http://{}/api/stats", server.addr))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+
+    let pid = server.child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut disconnect = None;
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match m {
+            Message::Text(t) => {
+                disconnect = Some(serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap())
+            }
+            Message::Close(f) => {
+                code = f.map(|f| u16::from(f.code));
+                let _ = ws.close(None).await;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(code, Some(4000));
+    assert_eq!(disconnect.unwrap()["code"], 4000);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("roomcast exited in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // New connections are refused once it is gone.
+    assert!(tokio::net::TcpStream::connect(&server.addr).await.is_err());
+    let _ = ws.send(Message::text("{}")).await;
+}
