@@ -142,11 +142,7 @@ pub(crate) async fn serve(server: Server, mut socket: WebSocket, token: Option<S
     };
     if let Some(token) = token {
         if let Err(refusal) = authenticate(&server, &conn, Credentials::Token(token)).await {
-            let d = Disconnect {
-                code: Disconnect::AUTH_FAILED.code,
-                reason: refusal.message.into(),
-            };
-            let d = Disconnect::custom(d.code, d.reason);
+            let d = Disconnect::custom(Disconnect::AUTH_FAILED.code, refusal.message);
             s.metrics.disconnect(d.code);
             close_with(&mut socket, &d).await;
             conn.close().await;
