@@ -110,6 +110,14 @@ fn null() -> Box<RawValue> {
 
 /// Decodes one client text frame.
 pub fn decode(text: &str) -> Result<Request, DecodeError> {
+    let first = text.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        return Err(DecodeError {
+            id: None,
+            code: "bad_request",
+            message: "a command is a JSON object with a \"type\"".to_owned(),
+        });
+    }
     let raw: Raw = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
         .map_err(|e| {
             let path = e.path().to_string();
