@@ -222,8 +222,7 @@ async fn publish(
     if let Some(c) = b.exclude_conn {
         p.exclude = Some(parse_conn("exclude_conn", &c)?);
     }
-    let n = s.hub().publish(p).await?;
-    Ok(Json(json!({ "delivered": n })))
+    deliver(&s, p).await
 }
 
 #[derive(Deserialize)]
@@ -237,11 +236,19 @@ async fn broadcast(
     State(s): State<Server>,
     Body(b): Body<BroadcastBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = Publication::new(
-        Target::All,
-        required("event", b.event)?,
-        b.data.unwrap_or_else(null),
-    );
+    deliver(
+        &s,
+        Publication::new(
+            Target::All,
+            required("event", b.event)?,
+            b.data.unwrap_or_else(null),
+        ),
+    )
+    .await
+}
+
+/// Publishes and answers with the number of local connections reached.
+async fn deliver(s: &Server, p: Publication) -> Result<Json<Value>, ApiError> {
     let n = s.hub().publish(p).await?;
     Ok(Json(json!({ "delivered": n })))
 }
@@ -260,13 +267,15 @@ async fn send(State(s): State<Server>, Body(b): Body<SendBody>) -> Result<Json<V
         Who::User(u) => Target::User(u),
         Who::Conn(c) => Target::Conn(c),
     };
-    let p = Publication::new(
-        target,
-        required("event", b.event)?,
-        b.data.unwrap_or_else(null),
-    );
-    let n = s.hub().publish(p).await?;
-    Ok(Json(json!({ "delivered": n })))
+    deliver(
+        &s,
+        Publication::new(
+            target,
+            required("event", b.event)?,
+            b.data.unwrap_or_else(null),
+        ),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
