@@ -110,7 +110,11 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
 pub(crate) struct ConnState {
     id: ConnId,
     protocol: Arc<dyn Protocol>,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    /// False when the outbox belongs to a transport shared by several connections
+    /// (Socket.IO namespaces over one Engine.IO session): closing this
+    /// connection then leaves the outbox open.
+    owns_outbox: bool,
     meta: Mutex<ConnMeta>,
 }
 
@@ -346,6 +350,36 @@ impl Hub {
         protocol: Arc<dyn Protocol>,
         user: Option<&str>,
     ) -> Result<Connection, ConnectError> {
+        let outbox = Arc::new(Outbox::new(self.inner.config.max_queue_bytes));
+        self.open(protocol, user, outbox, true).await
+    }
+
+    /// Opens a connection that writes into an outbox shared with other
+    /// connections of the same transport (Socket.IO namespaces multiplexed over
+    /// one Engine.IO session). Closing the connection leaves the outbox open;
+    /// closing the outbox (slow consumer, shutdown, a server-side disconnect)
+    /// ends every connection on it.
+    pub async fn connect_shared(
+        &self,
+        protocol: Arc<dyn Protocol>,
+        user: Option<&str>,
+        outbox: Arc<Outbox>,
+    ) -> Result<Connection, ConnectError> {
+        self.open(protocol, user, outbox, false).await
+    }
+
+    /// A fresh outbox with this hub's queue limit, for [`connect_shared`](Hub::connect_shared).
+    pub fn new_outbox(&self) -> Arc<Outbox> {
+        Arc::new(Outbox::new(self.inner.config.max_queue_bytes))
+    }
+
+    async fn open(
+        &self,
+        protocol: Arc<dyn Protocol>,
+        user: Option<&str>,
+        outbox: Arc<Outbox>,
+        owns_outbox: bool,
+    ) -> Result<Connection, ConnectError> {
         let inner = &self.inner;
         if inner.closing.load(Ordering::Relaxed) {
             return Err(ConnectError::ShuttingDown);
@@ -363,7 +397,8 @@ impl Hub {
         let state = Arc::new(ConnState {
             id: inner.ids.next(),
             protocol,
-            outbox: Outbox::new(inner.config.max_queue_bytes),
+            outbox,
+            owns_outbox,
             meta: Mutex::new(ConnMeta {
                 user: user.clone(),
                 ..Default::default()
@@ -977,7 +1012,9 @@ async fn cleanup(hub: Hub, state: Arc<ConnState>) {
         meta.closed = true;
         (meta.user.clone(), std::mem::take(&mut meta.rooms))
     };
-    state.outbox.close(Disconnect::NORMAL);
+    if state.owns_outbox {
+        state.outbox.close(Disconnect::NORMAL);
+    }
     inner.conns.write(&state.id, |m| m.remove(&state.id));
     if let Some(u) = &user {
         inner.users.write(u, |m| {
