@@ -419,7 +419,7 @@ impl Hub {
         let conn = Connection {
             hub: self.clone(),
             state,
-            done: false,
+            done: AtomicBool::new(false),
         };
         let member = conn.member();
         if let Err(e) = inner.presence.connect(&member).await {
@@ -562,6 +562,20 @@ impl Hub {
                 }
                 n
             }
+            Command::CloseRoom { room } => {
+                let members: Vec<Arc<ConnState>> = self
+                    .inner
+                    .rooms
+                    .read(room.as_str(), |m| m.get(room.as_str()).map(|m| m.values().cloned().collect()))
+                    .unwrap_or_default();
+                let mut n = 0;
+                for c in members {
+                    if matches!(self.leave_state(&c, room, true).await, Ok(true)) {
+                        n += 1;
+                    }
+                }
+                n
+            }
             Command::Disconnect { who, reason } => self
                 .local_matches(who)
                 .iter()
@@ -580,6 +594,7 @@ impl Hub {
             | Command::Disconnect { who, .. } => {
                 matches!(who, Who::Conn(c) if c.node() == self.inner.node)
             }
+            Command::CloseRoom { .. } => false,
         };
         if !local_only {
             self.to_other_nodes(Payload::Command(cmd)).await?;
@@ -604,6 +619,17 @@ impl Hub {
         validate_room_name(room, self.inner.config.max_room_name_bytes)?;
         self.command(Command::Leave {
             who,
+            room: room.to_owned(),
+        })
+        .await
+        .map_err(|e| LeaveError::Presence(crate::presence::PresenceError(e.0)))
+    }
+
+    /// Takes every member out of `room`, on every node; they are told with a
+    /// membership notice. Returns how many local connections left.
+    pub async fn close_room(&self, room: &str) -> Result<usize, LeaveError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        self.command(Command::CloseRoom {
             room: room.to_owned(),
         })
         .await
@@ -855,7 +881,7 @@ impl Hub {
 pub struct Connection {
     hub: Hub,
     state: Arc<ConnState>,
-    done: bool,
+    done: AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -984,15 +1010,18 @@ impl Connection {
     }
 
     /// Removes the connection from every room, index and the presence store.
-    pub async fn close(mut self) {
-        self.done = true;
+    /// Later calls do nothing.
+    pub async fn close(&self) {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return;
+        }
         cleanup(self.hub.clone(), self.state.clone()).await;
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if self.done {
+        if *self.done.get_mut() {
             return;
         }
         let (hub, state) = (self.hub.clone(), self.state.clone());

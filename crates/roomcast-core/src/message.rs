@@ -139,6 +139,11 @@ pub enum Command {
         /// The room.
         room: String,
     },
+    /// Take every member out of a room.
+    CloseRoom {
+        /// The room.
+        room: String,
+    },
     /// Close connections.
     Disconnect {
         /// Whose connections.

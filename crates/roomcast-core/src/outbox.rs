@@ -52,11 +52,21 @@ impl Outbox {
 
     /// Queues a frame, or closes the outbox as a slow consumer if it would pass the limit.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        self.enqueue(frame.len(), |q| q.push_back(frame))
+    }
+
+    /// Queues several frames back to back (nothing else comes between them), or
+    /// none if together they would pass the limit (then the outbox closes as slow).
+    pub fn push_all(&self, frames: Vec<Frame>) -> Result<(), PushError> {
+        let len = frames.iter().map(Frame::len).sum();
+        self.enqueue(len, |q| q.extend(frames))
+    }
+
+    fn enqueue(&self, len: usize, add: impl FnOnce(&mut VecDeque<Frame>)) -> Result<(), PushError> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.closed.is_some() {
             return Err(PushError::Closed);
         }
-        let len = frame.len();
         if st.bytes + len > self.limit {
             st.frames = VecDeque::new();
             st.bytes = 0;
@@ -67,7 +77,7 @@ impl Outbox {
         }
         let was_empty = st.frames.is_empty();
         st.bytes += len;
-        st.frames.push_back(frame);
+        add(&mut st.frames);
         drop(st);
         if was_empty {
             self.notify.notify_one();

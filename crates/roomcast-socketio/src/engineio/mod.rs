@@ -12,7 +12,7 @@ pub mod packet;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -125,6 +125,9 @@ pub trait EngineHandler: Send + Sync + 'static {
 #[derive(Debug, Default)]
 struct TransportState {
     websocket: bool,
+    /// The client sent a close packet over polling: the next poll gets the
+    /// queued noop, then the session ends.
+    closing: bool,
     upgrading: bool,
     polling_get: bool,
     polling_post: bool,
@@ -137,6 +140,11 @@ pub struct Session {
     outbox: Arc<Outbox>,
     state: Mutex<TransportState>,
     pong: Notify,
+    /// When the unanswered ping expires; checked on every request as well, so
+    /// a late request never finds a session that has timed out.
+    pong_deadline: Mutex<Option<tokio::time::Instant>>,
+    /// Cancelled when the session moves to WebSocket: a poll still pending then gets 400.
+    upgraded: CancellationToken,
     closed: CancellationToken,
     close_once: AtomicBool,
     /// The layer above's per-session state.
@@ -184,6 +192,7 @@ impl Session {
 
 /// An Engine.IO server: its sessions and the route that serves them.
 pub struct EngineIo {
+    me: Weak<EngineIo>,
     config: EngineConfig,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     handler: Arc<dyn EngineHandler>,
@@ -269,12 +278,17 @@ fn parse_query(q: Option<&str>) -> Query {
 impl EngineIo {
     /// An Engine.IO server that hands sessions to `handler`.
     pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Arc<EngineIo> {
-        Arc::new(EngineIo {
+        Arc::new_cyclic(|me| EngineIo {
+            me: me.clone(),
             config,
             sessions: RwLock::new(HashMap::new()),
             handler,
             tasks: TaskTracker::new(),
         })
+    }
+
+    fn self_ref(&self) -> Arc<EngineIo> {
+        self.me.upgrade().expect("an EngineIo is only used through its Arc")
     }
 
     /// The settings.
@@ -348,6 +362,8 @@ impl EngineIo {
                 ..Default::default()
             }),
             pong: Notify::new(),
+            pong_deadline: Mutex::new(None),
+            upgraded: CancellationToken::new(),
             closed: CancellationToken::new(),
             close_once: AtomicBool::new(false),
             ext: OnceLock::new(),
@@ -373,10 +389,11 @@ impl EngineIo {
 
     /// Pings every interval; closes the session when a pong does not come in time.
     async fn heartbeat(self: Arc<Self>, session: Arc<Session>) {
+        let mut next_ping = tokio::time::Instant::now() + self.config.ping_interval;
         loop {
             tokio::select! {
                 _ = session.closed.cancelled() => return,
-                _ = tokio::time::sleep(self.config.ping_interval) => {}
+                _ = tokio::time::sleep_until(next_ping) => {}
             }
             if session.outbox.is_closed() {
                 // A transport that is not draining (polling client between polls)
@@ -387,31 +404,64 @@ impl EngineIo {
             let waiting = session.pong.notified();
             tokio::pin!(waiting);
             waiting.as_mut().enable();
+            let deadline = next_ping + self.config.ping_timeout;
+            *session.pong_deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
             if session.outbox.push(Frame::text("2".to_owned())).is_err() {
                 self.close(&session, CloseReason::Server(Disconnect::SLOW));
                 return;
             }
             tokio::select! {
                 _ = session.closed.cancelled() => return,
-                _ = &mut waiting => {}
-                _ = tokio::time::sleep(self.config.ping_timeout) => {
+                _ = &mut waiting => {
+                    *session.pong_deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
                     self.close(&session, CloseReason::PingTimeout);
                     return;
                 }
             }
+            next_ping = tokio::time::Instant::now() + self.config.ping_interval;
         }
+    }
+
+    /// Closes the session if its pong is overdue; returns whether it is still open.
+    fn check_pong(&self, session: &Arc<Session>) -> bool {
+        let overdue = session
+            .pong_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|d| tokio::time::Instant::now() >= d);
+        if overdue {
+            self.close(session, CloseReason::PingTimeout);
+        }
+        !overdue && !session.is_closed()
     }
 
     /// Handles one decoded packet from the client. Returns false if the session was closed.
     fn receive(&self, session: &Arc<Session>, packet: Packet) -> bool {
         match packet {
-            Packet::Pong(_) => session.pong.notify_one(),
+            Packet::Pong(_) => {
+                *session.pong_deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                session.pong.notify_one();
+            }
             Packet::Message(text) => self.handler.on_message(session, Incoming::Text(text)),
             Packet::Binary(data) => self.handler.on_message(session, Incoming::Binary(data)),
             Packet::Close => {
-                // A pending poll is freed with a noop.
+                if session.is_websocket() {
+                    self.close(session, CloseReason::ClientClose);
+                    return false;
+                }
+                // A pending (or the next) poll is answered with a noop, then the
+                // session ends; if no poll comes, it ends after ping_timeout.
+                session.state().closing = true;
                 let _ = session.outbox.push(Frame::text("6".to_owned()));
-                self.close(session, CloseReason::ClientClose);
+                let (eio, s) = (self.self_ref(), session.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = s.closed.cancelled() => {}
+                        _ = tokio::time::sleep(eio.config.ping_timeout) => eio.close(&s, CloseReason::ClientClose),
+                    }
+                });
                 return false;
             }
             Packet::Ping(_) => {
@@ -443,6 +493,11 @@ impl EngineIo {
         }
         let mut batch = Vec::new();
         let body = tokio::select! {
+            biased;
+            _ = session.upgraded.cancelled() => {
+                session.state().polling_get = false;
+                return EioError::BadRequest.response(cors);
+            }
             reason = session.outbox.next_batch(&mut batch) => {
                 if batch.is_empty() {
                     self.close(&session, CloseReason::Server(reason.unwrap_or(Disconnect::SHUTDOWN)));
@@ -456,7 +511,14 @@ impl EngineIo {
             }
             _ = session.closed.cancelled() => "1".to_owned(),
         };
-        session.state().polling_get = false;
+        let closing = {
+            let mut st = session.state();
+            st.polling_get = false;
+            st.closing
+        };
+        if closing {
+            self.close(&session, CloseReason::ClientClose);
+        }
         let mut resp = (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
@@ -549,11 +611,24 @@ impl EngineIo {
                 _ => return Err(()),
             }
             ws.send(Message::text("3probe")).await.map_err(|_| ())?;
-            // Free the pending poll, if any, so the client can send `5`.
-            let _ = session.outbox.push(Frame::text("6".to_owned()));
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str() == "5" => Ok(()),
-                _ => Err(()),
+            // Free a pending poll with a noop so the client can send `5`; check
+            // again every 100 ms, as the client's last poll may still be on its way.
+            let mut noop_sent = false;
+            let mut check = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    m = ws.next() => return match m {
+                        Some(Ok(Message::Text(t))) if t.as_str() == "5" => Ok(()),
+                        _ => Err(()),
+                    },
+                    _ = check.tick() => {
+                        let pending = session.state().polling_get;
+                        if pending && !noop_sent {
+                            let _ = session.outbox.push(Frame::text("6".to_owned()));
+                        }
+                        noop_sent = pending;
+                    }
+                }
             }
         };
         tokio::select! {
@@ -563,6 +638,8 @@ impl EngineIo {
         let mut st = session.state();
         st.websocket = true;
         st.upgrading = false;
+        drop(st);
+        session.upgraded.cancel();
         Ok(())
     }
 
@@ -645,30 +722,38 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
     let session = match &q.sid {
         None => None,
         Some(sid) => match eio.session(sid) {
-            Some(s) => Some(s),
-            None => return EioError::SessionUnknown.response(cors),
+            Some(s) if eio.check_pong(&s) => Some(s),
+            _ => return EioError::SessionUnknown.response(cors),
         },
     };
     if websocket {
         if parts.method != Method::GET {
             return EioError::BadHandshakeMethod.response(cors);
         }
+        let mut duplicate = false;
         if let Some(s) = &session {
             let mut st = s.state();
             if st.websocket || st.upgrading {
-                return EioError::BadRequest.response(cors);
+                duplicate = true;
+            } else {
+                st.upgrading = true;
             }
-            st.upgrading = true;
         }
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(u) => u,
             Err(e) => {
-                if let Some(s) = &session {
+                if let (Some(s), false) = (&session, duplicate) {
                     s.state().upgrading = false;
                 }
                 return e.into_response();
             }
         };
+        if duplicate {
+            // A second WebSocket for a session that has one: open it, then close it.
+            return upgrade.on_upgrade(|mut ws| async move {
+                let _ = ws.send(Message::Close(None)).await;
+            });
+        }
         let headers = parts.headers.clone();
         let tasks = eio.tasks.clone();
         let max = eio.config.max_payload;

@@ -1,0 +1,56 @@
+//! The reference server of the official socket.io-protocol test suite, on
+//! roomcast: on `/` it emits `auth` with the handshake auth payload, answers
+//! `message` with `message-back` (same arguments) and acknowledges
+//! `message-with-ack` with the same arguments; on `/custom` it emits `auth`.
+//!
+//! Run: `cargo run -p roomcast-examples --bin socketio_conformance -- --port 3000`
+
+use std::time::Duration;
+
+use roomcast::roomcast_core::{Hub, HubConfig};
+use roomcast_socketio::engineio::{Cors, EngineConfig};
+use roomcast_socketio::socketio::{SocketIo, SocketIoConfig};
+
+fn port() -> u16 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000)
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let config = SocketIoConfig {
+        engine: EngineConfig {
+            ping_interval: Duration::from_millis(300),
+            ping_timeout: Duration::from_millis(200),
+            max_payload: 1_000_000,
+            cors: Cors::Any,
+            ..EngineConfig::default()
+        },
+        connect_timeout: Duration::from_millis(1000),
+    };
+    let io = SocketIo::new(Hub::new(HubConfig::default()), config);
+    io.ns("/", |socket, auth| async move {
+        socket.emit("auth", &auth).ok();
+        socket.on("message", |socket, payload, _| async move {
+            socket.emit_payload("message-back", payload).ok();
+        });
+        socket.on("message-with-ack", |_, payload, ack| async move {
+            if let Some(ack) = ack {
+                ack.send(payload).ok();
+            }
+        });
+        Ok(())
+    });
+    io.ns("/custom", |socket, auth| async move {
+        socket.emit("auth", &auth).ok();
+        Ok(())
+    });
+    let app: axum::Router = io.router("/socket.io/");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
+    println!("socketio_conformance listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await
+}
