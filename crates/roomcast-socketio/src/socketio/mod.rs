@@ -460,7 +460,7 @@ async fn dispatch(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<Sessio
             if existing.is_some() {
                 return;
             }
-            connect(inner, session, state, &p.nsp, p.data.unwrap_or(Value::Null)).await;
+            connect(inner, session, state, &p.nsp, p.data.unwrap_or_else(|| Value::Object(Default::default()))).await;
         }
         Kind::Disconnect => {
             let removed = state.sockets.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.nsp);
