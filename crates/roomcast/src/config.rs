@@ -32,6 +32,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Socket.IO clients.
+    pub socketio: SocketIoSettings,
     /// Per-room rules, first match wins; rooms no rule matches get the defaults.
     pub rooms: Vec<RoomRule>,
 }
@@ -47,6 +49,7 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             websocket: WebSocketConfig::default(),
             shutdown: ShutdownConfig::default(),
+            socketio: SocketIoSettings::default(),
             rooms: Vec::new(),
         }
     }
@@ -204,6 +207,50 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `[socketio]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketIoSettings {
+    /// Accept Socket.IO (Engine.IO v4) clients. Default: true.
+    pub enabled: bool,
+    /// Where Engine.IO is served. Default: `/socket.io/`.
+    pub path: String,
+    /// Namespaces clients may connect to. Default: `["/"]`.
+    pub namespaces: Vec<String>,
+    /// Milliseconds between Engine.IO pings. Default: 25000.
+    pub ping_interval_ms: u64,
+    /// Milliseconds a client has to answer a ping. Default: 20000.
+    pub ping_timeout_ms: u64,
+    /// Largest message or polling body from a client, in bytes. Default: 1000000.
+    pub max_payload_bytes: usize,
+    /// A session that joins no namespace within this many milliseconds is closed. Default: 45000.
+    pub connect_timeout_ms: u64,
+    /// Browser origins allowed by CORS for long-polling; `["*"]` allows any. Default: none.
+    pub cors_origins: Vec<String>,
+    /// Let clients use the built-in events (`<prefix>join`, `<prefix>leave`,
+    /// `<prefix>publish`, `<prefix>presence`) and receive presence events. Default: false.
+    pub builtin_events: bool,
+    /// Prefix of the built-in events. Default: `roomcast:`.
+    pub event_prefix: String,
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> Self {
+        SocketIoSettings {
+            enabled: true,
+            path: "/socket.io/".to_owned(),
+            namespaces: vec!["/".to_owned()],
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_payload_bytes: 1_000_000,
+            connect_timeout_ms: 45_000,
+            cors_origins: Vec::new(),
+            builtin_events: false,
+            event_prefix: "roomcast:".to_owned(),
+        }
+    }
+}
+
 impl Config {
     /// The hub's part of the configuration.
     pub fn hub_config(&self) -> HubConfig {
@@ -237,6 +284,24 @@ impl Config {
             ),
         ];
         for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        let sio = &self.socketio;
+        if !sio.path.starts_with('/') {
+            return Err("socketio.path must start with /".to_owned());
+        }
+        for (i, ns) in sio.namespaces.iter().enumerate() {
+            if !ns.starts_with('/') {
+                return Err(format!("socketio.namespaces[{i}] must start with /"));
+            }
+        }
+        for (key, v) in [
+            ("socketio.ping_interval_ms", sio.ping_interval_ms),
+            ("socketio.ping_timeout_ms", sio.ping_timeout_ms),
+            ("socketio.max_payload_bytes", sio.max_payload_bytes as u64),
+        ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
             }

@@ -10,6 +10,8 @@
 //!   heartbeat, close codes).
 //! - [`native`]: the native protocol's codec, pure functions over JSON text.
 //! - `api.rs`: the `/api/*` routes, `/healthz`, `/metrics`.
+//! - `socketio.rs`: Socket.IO clients of the standalone server (auth payload,
+//!   built-in room events), on [`roomcast_socketio`].
 //! - [`auth`]: the authentication seam (open mode for now).
 //! - [`config`]: [`Config`], whose `Default` is the documented default.
 //! - [`metrics`]: counters and the Prometheus rendering.
@@ -47,9 +49,11 @@ pub mod config;
 pub mod metrics;
 pub mod native;
 mod server;
+mod socketio;
 mod ws;
 
 pub use api::ApiError;
 pub use config::Config;
 pub use roomcast_core;
+pub use roomcast_socketio;
 pub use server::Server;

@@ -27,6 +27,7 @@ pub(crate) struct Inner {
     pub(crate) protocol: Arc<NativeProtocol>,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) metrics: ServerMetrics,
+    socketio: Option<roomcast_socketio::socketio::SocketIo>,
     tasks: TaskTracker,
 }
 
@@ -55,9 +56,15 @@ impl Server {
     /// A server around an existing hub (for example one with a Redis broker).
     /// The hub's own limits apply; `config` sets everything else.
     pub fn with_hub(config: Config, hub: Hub) -> Server {
+        let auth = auth::from_config(&config.auth);
+        let socketio = config
+            .socketio
+            .enabled
+            .then(|| crate::socketio::build(&config, &hub, auth.clone()));
         Server {
             inner: Arc::new(Inner {
-                auth: auth::from_config(&config.auth),
+                auth,
+                socketio,
                 config,
                 hub,
                 protocol: Arc::new(NativeProtocol),
@@ -86,14 +93,24 @@ impl Server {
         &self.inner.metrics
     }
 
-    /// Every route: `/` (chat page), `/ws`, `/api/*`, `/healthz`, `/metrics`.
-    /// Merge it into an application's own router, or serve it with [`run`](Server::run).
+    /// The Socket.IO server (when `socketio.enabled`): register more
+    /// namespaces and handlers on it from Rust code.
+    pub fn socketio(&self) -> Option<&roomcast_socketio::socketio::SocketIo> {
+        self.inner.socketio.as_ref()
+    }
+
+    /// Every route: `/` (chat page), `/ws`, `/socket.io/`, `/api/*`, `/healthz`,
+    /// `/metrics`. Merge it into an application's own router, or serve it with
+    /// [`run`](Server::run).
     pub fn router(&self) -> Router {
-        Router::new()
+        let mut router = Router::new()
             .route("/", get(chat_page))
             .route("/ws", get(ws_upgrade))
-            .merge(crate::api::routes(self))
-            .with_state(self.clone())
+            .merge(crate::api::routes(self));
+        if let Some(io) = &self.inner.socketio {
+            router = router.merge(io.router(&self.inner.config.socketio.path));
+        }
+        router.with_state(self.clone())
     }
 
     /// Serves `router` (usually [`Server::router`], possibly merged into an

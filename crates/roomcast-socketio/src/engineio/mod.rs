@@ -120,6 +120,12 @@ pub trait EngineHandler: Send + Sync + 'static {
     fn on_message(&self, session: &Arc<Session>, message: Incoming);
     /// The session closed; called once.
     fn on_close(&self, session: &Arc<Session>, reason: &CloseReason);
+    /// Packets to send before the server closes the session with a code that
+    /// tells clients not to reconnect (Socket.IO sends DISCONNECT per namespace
+    /// so that its clients do not reconnect by themselves). Default: none.
+    fn farewell(&self, _session: &Arc<Session>) -> Vec<Frame> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -323,6 +329,22 @@ impl EngineIo {
         tokio::time::timeout(drain, self.tasks.wait()).await.is_ok()
     }
 
+    /// After the hub closed every outbox: ends polling sessions now (a pending
+    /// poll gets a close packet; WebSocket sessions close themselves with the
+    /// outbox's code).
+    pub fn close_polling_sessions(&self) {
+        let sessions: Vec<Arc<Session>> = self.sessions.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for s in sessions {
+            let polling = {
+                let st = s.state();
+                !st.websocket && !st.upgrading && !st.polling_get
+            };
+            if polling {
+                self.close(&s, CloseReason::Server(Disconnect::SHUTDOWN));
+            }
+        }
+    }
+
     /// Closes a session (idempotent).
     pub fn close(&self, session: &Arc<Session>, reason: CloseReason) {
         if session.close_once.swap(true, Ordering::AcqRel) {
@@ -500,8 +522,14 @@ impl EngineIo {
             }
             reason = session.outbox.next_batch(&mut batch) => {
                 if batch.is_empty() {
-                    self.close(&session, CloseReason::Server(reason.unwrap_or(Disconnect::SHUTDOWN)));
-                    "1".to_owned()
+                    let reason = reason.unwrap_or(Disconnect::SHUTDOWN);
+                    let mut last = if reason.reconnect() { Vec::new() } else { self.handler.farewell(&session) };
+                    last.push(Frame::text("1".to_owned()));
+                    self.close(&session, CloseReason::Server(reason));
+                    packet::encode_payload(last.iter().map(|f| match f {
+                        Frame::Text(b) => Encoded::Text(std::str::from_utf8(b).unwrap_or("6")),
+                        Frame::Binary(b) => Encoded::Binary(b),
+                    }))
                 } else {
                     packet::encode_payload(batch.iter().map(|f| match f {
                         Frame::Text(b) => Encoded::Text(std::str::from_utf8(b).unwrap_or("6")),
@@ -583,6 +611,15 @@ impl EngineIo {
             },
         };
         let reason = self.ws_loop(&mut ws, &session).await;
+        if let Some(CloseReason::Server(d)) = &reason {
+            if !d.reconnect() {
+                for f in self.handler.farewell(&session) {
+                    if let Frame::Text(b) = f {
+                        let _ = ws.feed(Message::Text(Utf8Bytes::try_from(b).unwrap_or_default())).await;
+                    }
+                }
+            }
+        }
         if let Some(reason) = reason {
             let code = match &reason {
                 CloseReason::Server(d) => d.code,

@@ -367,6 +367,15 @@ impl EngineHandler for Handler {
         }
     }
 
+    fn farewell(&self, session: &Arc<Session>) -> Vec<Frame> {
+        let Some(state) = state_of(session) else { return Vec::new() };
+        let sockets = state.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        sockets
+            .keys()
+            .map(|nsp| Frame::text(format!("4{}", Packet::simple(Kind::Disconnect, nsp, None).encode())))
+            .collect()
+    }
+
     fn on_close(&self, session: &Arc<Session>, reason: &CloseReason) {
         let Some(state) = state_of(session) else { return };
         let sockets: Vec<Socket> = state
