@@ -46,18 +46,13 @@ async fn main() -> std::io::Result<()> {
         .merge(server.router());
 
     // A timer tied to the server's lifetime: it ends when the hub shuts down.
-    let ticker_hub = hub.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        while !ticker_hub.is_shutting_down() {
-            every.tick().await;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            if let Ok(p) = Publication::json(Target::Room("clock".into()), "tick", &now) {
-                let _ = ticker_hub.publish(p).await;
-            }
+    hub.every(Duration::from_secs(1), |hub| async move {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Ok(p) = Publication::json(Target::Room("clock".into()), "tick", &now) {
+            let _ = hub.publish(p).await;
         }
     });
 

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_socketio::engineio::{CloseReason, Cors, EngineConfig, EngineHandler, EngineIo, Incoming, Session};
+use roomcast_socketio::engineio::{
+    CloseReason, Cors, EngineConfig, EngineHandler, EngineIo, Incoming, Session,
+};
 
 struct Echo;
 
@@ -44,6 +46,9 @@ async fn main() -> std::io::Result<()> {
     let eio = EngineIo::new(config, Arc::new(Echo));
     let app: axum::Router = eio.router("/engine.io/");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
-    println!("engineio_echo listening on http://{}", listener.local_addr()?);
+    println!(
+        "engineio_echo listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await
 }

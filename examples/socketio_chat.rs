@@ -26,7 +26,10 @@ use roomcast_socketio::socketio::{AckSender, Payload, Socket, SocketIo, SocketIo
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn text(payload: &Payload, key: &str) -> String {
@@ -48,7 +51,10 @@ impl Chat {
         self.count.fetch_add(1, Ordering::Relaxed) + 1
     }
     fn name(&self) -> String {
-        self.username.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.username
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -73,8 +79,15 @@ fn register(io: SocketIo) {
     io.ns("/", move |socket, auth| {
         let io = io2.clone();
         async move {
-            let name = auth.get("username").and_then(Value::as_str).unwrap_or("anonymous").to_owned();
-            let chat = Arc::new(Chat { count: AtomicU64::new(0), username: std::sync::Mutex::new(name) });
+            let name = auth
+                .get("username")
+                .and_then(Value::as_str)
+                .unwrap_or("anonymous")
+                .to_owned();
+            let chat = Arc::new(Chat {
+                count: AtomicU64::new(0),
+                username: std::sync::Mutex::new(name),
+            });
             respond(&socket, "Connected".into(), 0);
 
             let c = chat.clone();
@@ -102,7 +115,9 @@ fn register(io: SocketIo) {
                 async move {
                     let n = c.tick();
                     let data = format!("{}: {}", c.name(), text(&p, "data"));
-                    let _ = io.emit_all("my_response", &json!({"data": data, "count": n})).await;
+                    let _ = io
+                        .emit_all("my_response", &json!({"data": data, "count": n}))
+                        .await;
                     ack(a, n);
                 }
             });
@@ -146,7 +161,8 @@ fn register(io: SocketIo) {
                 async move {
                     let n = c.tick();
                     let room = text(&p, "room");
-                    let data = json!({"data": format!("{}: {}", c.name(), text(&p, "data")), "count": n});
+                    let data =
+                        json!({"data": format!("{}: {}", c.name(), text(&p, "data")), "count": n});
                     let _ = socket.within_room(&room, "my_response", &data).await;
                     ack(a, n);
                 }
@@ -185,11 +201,19 @@ fn register(io: SocketIo) {
 
 async fn client_js() -> impl IntoResponse {
     let path = std::env::var("SOCKETIO_CLIENT_JS").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../node_modules/socket.io-client/dist/socket.io.min.js").to_owned()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../node_modules/socket.io-client/dist/socket.io.min.js"
+        )
+        .to_owned()
     });
     match std::fs::read(&path) {
         Ok(js) => ([(header::CONTENT_TYPE, "application/javascript")], js).into_response(),
-        Err(_) => (StatusCode::NOT_FOUND, format!("{path} not found: run `npm ci` in the repository")).into_response(),
+        Err(_) => (
+            StatusCode::NOT_FOUND,
+            format!("{path} not found: run `npm ci` in the repository"),
+        )
+            .into_response(),
     }
 }
 
@@ -199,10 +223,16 @@ async fn main() -> std::io::Result<()> {
     let io = SocketIo::new(Hub::new(HubConfig::default()), SocketIoConfig::default());
     register(io.clone());
     let app = axum::Router::new()
-        .route("/", get(|| async { Html(include_str!("static/socketio_chat.html")) }))
+        .route(
+            "/",
+            get(|| async { Html(include_str!("static/socketio_chat.html")) }),
+        )
         .route("/socket.io.min.js", get(client_js))
         .merge(io.router("/socket.io/"));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("socketio_chat listening on http://{}", listener.local_addr()?);
+    println!(
+        "socketio_chat listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await
 }

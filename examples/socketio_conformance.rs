@@ -51,6 +51,9 @@ async fn main() -> std::io::Result<()> {
     });
     let app: axum::Router = io.router("/socket.io/");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
-    println!("socketio_conformance listening on http://{}", listener.local_addr()?);
+    println!(
+        "socketio_conformance listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await
 }

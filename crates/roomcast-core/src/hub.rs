@@ -153,6 +153,7 @@ struct Inner {
     ids: ConnIdGen,
     open: AtomicUsize,
     closing: AtomicBool,
+    stopped: tokio_util::sync::CancellationToken,
     conns: Sharded<ConnId, Arc<ConnState>>,
     rooms: Sharded<String, HashMap<ConnId, Arc<ConnState>>>,
     users: Sharded<Arc<str>, Vec<Arc<ConnState>>>,
@@ -295,6 +296,7 @@ impl Hub {
             ids: ConnIdGen::new(node),
             open: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            stopped: tokio_util::sync::CancellationToken::new(),
             conns: Sharded::new(),
             rooms: Sharded::new(),
             users: Sharded::new(),
@@ -333,6 +335,35 @@ impl Hub {
         let mut n = 0;
         self.inner.rooms.for_each_shard(|s| n += s.len());
         n
+    }
+
+    /// Resolves when [`shutdown`](Hub::shutdown) is called: tie timers and
+    /// background tasks to the server's lifetime with it.
+    pub async fn stopped(&self) {
+        self.inner.stopped.cancelled().await
+    }
+
+    /// Runs `tick` every `period` until the hub shuts down (periodic emits).
+    pub fn every<F, Fut>(
+        &self,
+        period: std::time::Duration,
+        mut tick: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut(Hub) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = hub.stopped() => return,
+                    _ = interval.tick() => tick(hub.clone()).await,
+                }
+            }
+        })
     }
 
     /// Whether [`shutdown`](Hub::shutdown) was called.
@@ -566,7 +597,9 @@ impl Hub {
                 let members: Vec<Arc<ConnState>> = self
                     .inner
                     .rooms
-                    .read(room.as_str(), |m| m.get(room.as_str()).map(|m| m.values().cloned().collect()))
+                    .read(room.as_str(), |m| {
+                        m.get(room.as_str()).map(|m| m.values().cloned().collect())
+                    })
                     .unwrap_or_default();
                 let mut n = 0;
                 for c in members {
@@ -649,6 +682,7 @@ impl Hub {
     /// connection tasks tell their clients and finish on their own.
     pub fn shutdown(&self, reason: Disconnect) -> usize {
         self.inner.closing.store(true, Ordering::Relaxed);
+        self.inner.stopped.cancel();
         let mut all = Vec::new();
         self.inner
             .conns

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use roomcast_core::{Hub, Publication, Target};
 use roomcast_socketio::engineio::{Cors, EngineConfig};
-use roomcast_socketio::socketio::{AckSender, ConnectRefusal, Payload, Socket, SocketIo, SocketIoConfig};
+use roomcast_socketio::socketio::{
+    AckSender, ConnectRefusal, Payload, Socket, SocketIo, SocketIoConfig,
+};
 
 use crate::auth::{Authenticator, Credentials};
 use crate::config::Config;
@@ -99,12 +101,10 @@ impl Rules {
                     .await
                     .map_err(|e| refusal("auth_failed", e.to_string()))?;
             }
-            None if !self.anonymous => {
-                return Err(refusal(
-                    "unauthenticated",
-                    "authentication required: connect with auth {\"user\": ...} or {\"token\": ...}",
-                ))
-            }
+            None if !self.anonymous => return Err(refusal(
+                "unauthenticated",
+                "authentication required: connect with auth {\"user\": ...} or {\"token\": ...}",
+            )),
             None => {}
         }
         let rules = self.clone();
@@ -175,10 +175,15 @@ impl Rules {
                 }
             }
             "presence" => match self.hub.room_presence(&room).await {
-                Ok(p) => Payload::json(&json!({"room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous})),
+                Ok(p) => Payload::json(
+                    &json!({"room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous}),
+                ),
                 Err(e) => error_ack("presence_failed", e),
             },
-            other => error_ack("unknown_builtin", format!("unknown built-in event `{}{other}`", self.prefix)),
+            other => error_ack(
+                "unknown_builtin",
+                format!("unknown built-in event `{}{other}`", self.prefix),
+            ),
         }
     }
 }

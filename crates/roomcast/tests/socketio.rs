@@ -3,73 +3,18 @@
 
 mod support;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::*;
-use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+#[path = "../../roomcast-socketio/tests/support/mod.rs"]
+mod sio;
 
-/// A Socket.IO client on the WebSocket transport, namespace `/`.
-struct Sio {
-    ws: Ws,
-    pub sid: String,
-}
+/// A client of the server's `/socket.io/` on namespace `/`.
+struct Sio;
 
 impl Sio {
-    /// Opens the Engine.IO session and sends CONNECT with `auth`; returns the
-    /// client and the server's answer to CONNECT (`0{sid}` or `4{error}`).
-    async fn connect(srv: &TestServer, auth: Value) -> (Sio, String) {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/socket.io/?EIO=4&transport=websocket", srv.addr))
-            .await
-            .unwrap();
-        let mut c = Sio { ws, sid: String::new() };
-        let open = c.recv().await;
-        assert!(open.starts_with("0{"), "{open}");
-        c.send(&format!("40{auth}")).await;
-        let answer = c.recv_sio().await;
-        if let Some(body) = answer.strip_prefix('0') {
-            c.sid = serde_json::from_str::<Value>(body).unwrap()["sid"].as_str().unwrap().to_owned();
-        }
-        (c, answer)
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
-
-    /// The next Engine.IO text packet, answering pings.
-    async fn recv(&mut self) -> String {
-        loop {
-            let m = tokio::time::timeout(STEP, self.ws.next()).await.expect("a packet in time").expect("open").expect("no error");
-            match m {
-                Message::Text(t) if t.as_str() == "2" => self.send("3").await,
-                Message::Text(t) => return t.as_str().to_owned(),
-                Message::Close(f) => return format!("close:{}", f.map(|f| u16::from(f.code)).unwrap_or(0)),
-                _ => {}
-            }
-        }
-    }
-
-    /// The next Socket.IO packet (an Engine.IO message without its `4`).
-    async fn recv_sio(&mut self) -> String {
-        loop {
-            let p = self.recv().await;
-            if let Some(sio) = p.strip_prefix('4') {
-                return sio.to_owned();
-            }
-            if p.starts_with("close:") {
-                return p;
-            }
-        }
-    }
-
-    /// The next EVENT as (name, first argument).
-    async fn event(&mut self) -> (String, Value) {
-        let p = self.recv_sio().await;
-        let body = p.strip_prefix('2').unwrap_or_else(|| panic!("expected an event, got {p}"));
-        let args: Vec<Value> = serde_json::from_str(body).unwrap();
-        (args[0].as_str().unwrap().to_owned(), args.get(1).cloned().unwrap_or(Value::Null))
+    async fn connect(srv: &TestServer, auth: Value) -> (sio::Sio, String) {
+        sio::Sio::connect(srv.addr, "/", auth).await
     }
 }
 
@@ -88,21 +33,40 @@ async fn native_and_socketio_clients_share_rooms_and_presence() {
     native.join("lobby").await;
 
     // The backend puts the Socket.IO user into the room.
-    let (_, r) = srv.post("/api/join", json!({"user": "alice", "room": "lobby"})).await;
+    let (_, r) = srv
+        .post("/api/join", json!({"user": "alice", "room": "lobby"}))
+        .await;
     assert_eq!(r["joined"], 1);
     let (_, p) = srv.get("/api/presence/lobby").await;
-    assert_eq!(p["users"], json!([{"user": "alice", "connections": 1}, {"user": "bob", "connections": 1}]));
+    assert_eq!(
+        p["users"],
+        json!([{"user": "alice", "connections": 1}, {"user": "bob", "connections": 1}])
+    );
     // With built-in events on, the Socket.IO client sees presence events too.
     let (name, e) = sio.event().await;
-    assert_eq!((name.as_str(), e["user"].as_str(), e["event"].as_str()), ("roomcast:presence", Some("alice"), Some("join")));
+    assert_eq!(
+        (name.as_str(), e["user"].as_str(), e["event"].as_str()),
+        ("roomcast:presence", Some("alice"), Some("join"))
+    );
 
     // API publish reaches both, each in its protocol.
-    srv.post("/api/publish", json!({"room": "lobby", "event": "chat", "data": {"text": "hi all"}})).await;
-    assert_eq!(sio.event().await, ("chat".to_owned(), json!({"text": "hi all"})));
+    srv.post(
+        "/api/publish",
+        json!({"room": "lobby", "event": "chat", "data": {"text": "hi all"}}),
+    )
+    .await;
+    assert_eq!(
+        sio.event().await,
+        ("chat".to_owned(), json!({"text": "hi all"}))
+    );
     assert_eq!(native.recv_type("message").await["data"]["text"], "hi all");
 
     // A native publish reaches the Socket.IO client...
-    native.request(json!({"type": "publish", "room": "lobby", "event": "chat", "data": "from native"})).await;
+    native
+        .request(
+            json!({"type": "publish", "room": "lobby", "event": "chat", "data": "from native"}),
+        )
+        .await;
     assert_eq!(sio.event().await, ("chat".to_owned(), json!("from native")));
     assert_eq!(native.recv_type("message").await["data"], "from native");
     // ...and a Socket.IO built-in publish reaches the native client, with its sender.
@@ -110,7 +74,10 @@ async fn native_and_socketio_clients_share_rooms_and_presence() {
     let ack = sio.recv_sio().await;
     assert_eq!(ack, r#"31[{"delivered":1}]"#);
     let m = native.recv_type("message").await;
-    assert_eq!((m["data"].as_str(), m["from"]["user"].as_str()), (Some("from sio"), Some("alice")));
+    assert_eq!(
+        (m["data"].as_str(), m["from"]["user"].as_str()),
+        (Some("from sio"), Some("alice"))
+    );
     srv.stop().await;
 }
 
@@ -120,13 +87,25 @@ async fn builtin_room_events_and_errors() {
     let (mut sio, _) = Sio::connect(&srv, json!({})).await;
     sio.send(r#"427["roomcast:join",{"room":"r1"}]"#).await;
     assert_eq!(sio.recv_sio().await, r#"37[{"joined":true,"room":"r1"}]"#);
-    let (_, r) = srv.post("/api/publish", json!({"room": "r1", "event": "e", "data": 1})).await;
+    let (_, r) = srv
+        .post(
+            "/api/publish",
+            json!({"room": "r1", "event": "e", "data": 1}),
+        )
+        .await;
     assert_eq!(r["delivered"], 1);
     assert_eq!(sio.event().await, ("e".to_owned(), json!(1)));
     sio.send(r#"428["roomcast:presence",{"room":"r1"}]"#).await;
-    assert_eq!(sio.recv_sio().await, r#"38[{"anonymous":1,"connections":1,"room":"r1","users":[]}]"#);
-    sio.send(r#"429["roomcast:join",{"room":"bad room"}]"#).await;
-    assert!(sio.recv_sio().await.starts_with(r#"39[{"error":{"code":"join_failed""#));
+    assert_eq!(
+        sio.recv_sio().await,
+        r#"38[{"anonymous":1,"connections":1,"room":"r1","users":[]}]"#
+    );
+    sio.send(r#"429["roomcast:join",{"room":"bad room"}]"#)
+        .await;
+    assert!(sio
+        .recv_sio()
+        .await
+        .starts_with(r#"39[{"error":{"code":"join_failed""#));
     sio.send(r#"4210["roomcast:leave",{"room":"r1"}]"#).await;
     assert_eq!(sio.recv_sio().await, r#"310[{"left":true,"room":"r1"}]"#);
     srv.stop().await;
@@ -138,11 +117,21 @@ async fn events_without_a_handler_get_an_error_ack() {
     let (mut sio, _) = Sio::connect(&srv, json!({"user": "carol"})).await;
     sio.send(r#"423["order",{"id":1}]"#).await;
     let ack = sio.recv_sio().await;
-    assert!(ack.starts_with(r#"33[{"error":{"code":"no_handler""#), "{ack}");
+    assert!(
+        ack.starts_with(r#"33[{"error":{"code":"no_handler""#),
+        "{ack}"
+    );
     // Built-in events are off by default: they are unhandled events too.
     sio.send(r#"42["roomcast:join",{"room":"r"}]"#).await;
     let (name, e) = sio.event().await;
-    assert_eq!((name.as_str(), e["event"].as_str(), e["error"]["code"].as_str()), ("roomcast:error", Some("roomcast:join"), Some("no_handler")));
+    assert_eq!(
+        (
+            name.as_str(),
+            e["event"].as_str(),
+            e["error"]["code"].as_str()
+        ),
+        ("roomcast:error", Some("roomcast:join"), Some("no_handler"))
+    );
     srv.stop().await;
 }
 
@@ -155,11 +144,17 @@ async fn connect_errors() {
     let err: Value = serde_json::from_str(answer.strip_prefix('4').unwrap()).unwrap();
     assert_eq!(err["data"]["code"], "auth_failed");
     let (_, answer) = Sio::connect(&srv, json!({})).await;
-    assert!(answer.starts_with(r#"4{"data":{"code":"unauthenticated"}"#), "{answer}");
+    assert!(
+        answer.starts_with(r#"4{"data":{"code":"unauthenticated"}"#),
+        "{answer}"
+    );
     let (mut c, answer) = Sio::connect(&srv, json!({"user": "dan"})).await;
     assert!(answer.starts_with("0{"));
     c.send("40/nope,").await;
-    assert_eq!(c.recv_sio().await, r#"4/nope,{"message":"Invalid namespace"}"#);
+    assert_eq!(
+        c.recv_sio().await,
+        r#"4/nope,{"message":"Invalid namespace"}"#
+    );
     srv.stop().await;
 }
 
@@ -191,15 +186,26 @@ async fn long_polling_clients_share_the_hub_too() {
     let http = reqwest::Client::new();
     let base = format!("http://{}/socket.io/?EIO=4&transport=polling", srv.addr);
     let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"].as_str().unwrap().to_owned();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let url = format!("{base}&sid={sid}");
-    let r = http.post(&url).body(r#"40{"user":"pat"}"#).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .body(r#"40{"user":"pat"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "ok");
     let connected = http.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(connected.starts_with("40{\"sid\""), "{connected}");
-    srv.post("/api/send", json!({"user": "pat", "event": "note", "data": [1, 2]})).await;
+    srv.post(
+        "/api/send",
+        json!({"user": "pat", "event": "note", "data": [1, 2]}),
+    )
+    .await;
     let body = http.get(&url).send().await.unwrap().text().await.unwrap();
     assert_eq!(body, r#"42["note",[1,2]]"#);
     srv.stop().await;
 }
-

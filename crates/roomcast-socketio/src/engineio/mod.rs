@@ -161,7 +161,9 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("sid", &self.sid).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("sid", &self.sid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -207,7 +209,9 @@ pub struct EngineIo {
 
 impl std::fmt::Debug for EngineIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineIo").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("EngineIo")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -253,7 +257,8 @@ fn random_sid() -> String {
         // No OS randomness: fall back to hashing state (ids stay unique, not secret).
         let h = std::collections::hash_map::RandomState::new();
         for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (std::hash::BuildHasher::hash_one(&h, (i, std::time::Instant::now())) & 0xff) as u8;
+            *b =
+                (std::hash::BuildHasher::hash_one(&h, (i, std::time::Instant::now())) & 0xff) as u8;
         }
     }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -294,7 +299,9 @@ impl EngineIo {
     }
 
     fn self_ref(&self) -> Arc<EngineIo> {
-        self.me.upgrade().expect("an EngineIo is only used through its Arc")
+        self.me
+            .upgrade()
+            .expect("an EngineIo is only used through its Arc")
     }
 
     /// The settings.
@@ -304,12 +311,19 @@ impl EngineIo {
 
     /// Open sessions.
     pub fn session_count(&self) -> usize {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// A session by id.
     pub fn session(&self, sid: &str) -> Option<Arc<Session>> {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sid)
+            .cloned()
     }
 
     /// The route serving Engine.IO at `path` (e.g. `/engine.io/`, `/socket.io/`),
@@ -333,7 +347,13 @@ impl EngineIo {
     /// poll gets a close packet; WebSocket sessions close themselves with the
     /// outbox's code).
     pub fn close_polling_sessions(&self) {
-        let sessions: Vec<Arc<Session>> = self.sessions.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for s in sessions {
             let polling = {
                 let st = s.state();
@@ -371,7 +391,10 @@ impl EngineIo {
         }
         let mut h = HeaderMap::new();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
         Some(h)
     }
 
@@ -427,7 +450,10 @@ impl EngineIo {
             tokio::pin!(waiting);
             waiting.as_mut().enable();
             let deadline = next_ping + self.config.ping_timeout;
-            *session.pong_deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+            *session
+                .pong_deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
             if session.outbox.push(Frame::text("2".to_owned())).is_err() {
                 self.close(&session, CloseReason::Server(Disconnect::SLOW));
                 return;
@@ -463,7 +489,10 @@ impl EngineIo {
     fn receive(&self, session: &Arc<Session>, packet: Packet) -> bool {
         match packet {
             Packet::Pong(_) => {
-                *session.pong_deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *session
+                    .pong_deadline
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
                 session.pong.notify_one();
             }
             Packet::Message(text) => self.handler.on_message(session, Incoming::Text(text)),
@@ -487,11 +516,17 @@ impl EngineIo {
                 return false;
             }
             Packet::Ping(_) => {
-                self.close(session, CloseReason::ProtocolError("ping from the client".into()));
+                self.close(
+                    session,
+                    CloseReason::ProtocolError("ping from the client".into()),
+                );
                 return false;
             }
             Packet::Open(_) | Packet::Upgrade | Packet::Noop => {
-                self.close(session, CloseReason::ProtocolError("unexpected packet".into()));
+                self.close(
+                    session,
+                    CloseReason::ProtocolError("unexpected packet".into()),
+                );
                 return false;
             }
         }
@@ -508,7 +543,10 @@ impl EngineIo {
             if st.polling_get {
                 drop(st);
                 // A second concurrent poll: the first gets a close packet.
-                self.close(&session, CloseReason::ProtocolError("duplicate poll".into()));
+                self.close(
+                    &session,
+                    CloseReason::ProtocolError("duplicate poll".into()),
+                );
                 return EioError::BadRequest.response(cors);
             }
             st.polling_get = true;
@@ -564,7 +602,10 @@ impl EngineIo {
             let mut st = session.state();
             if st.websocket || st.polling_post {
                 drop(st);
-                self.close(session, CloseReason::ProtocolError("concurrent or late post".into()));
+                self.close(
+                    session,
+                    CloseReason::ProtocolError("concurrent or late post".into()),
+                );
                 return EioError::BadRequest.response(cors);
             }
             st.polling_post = true;
@@ -585,12 +626,8 @@ impl EngineIo {
             self.close(session, CloseReason::ProtocolError("bad payload".into()));
             return EioError::BadRequest.response(cors);
         }
-        let mut resp = (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/html")],
-            "ok",
-        )
-            .into_response();
+        let mut resp =
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "ok").into_response();
         if let Some(h) = cors {
             resp.headers_mut().extend(h);
         }
@@ -598,7 +635,12 @@ impl EngineIo {
     }
 
     /// Serves a WebSocket: a new session, or the upgrade of a polling one.
-    async fn websocket(self: Arc<Self>, mut ws: WebSocket, upgrade_of: Option<Arc<Session>>, headers: HeaderMap) {
+    async fn websocket(
+        self: Arc<Self>,
+        mut ws: WebSocket,
+        upgrade_of: Option<Arc<Session>>,
+        headers: HeaderMap,
+    ) {
         let session = match upgrade_of {
             None => self.open_session(headers, true),
             Some(session) => match self.upgrade(&mut ws, &session).await {
@@ -615,7 +657,9 @@ impl EngineIo {
             if !d.reconnect() {
                 for f in self.handler.farewell(&session) {
                     if let Frame::Text(b) = f {
-                        let _ = ws.feed(Message::Text(Utf8Bytes::try_from(b).unwrap_or_default())).await;
+                        let _ = ws
+                            .feed(Message::Text(Utf8Bytes::try_from(b).unwrap_or_default()))
+                            .await;
                     }
                 }
             }
@@ -736,7 +780,10 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
     if parts.method == Method::OPTIONS {
         let mut resp = StatusCode::NO_CONTENT.into_response();
         if let Some(mut h) = cors {
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
             if let Some(req_headers) = parts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
                 h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req_headers.clone());
             }
@@ -744,7 +791,10 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
         }
         return resp;
     }
-    if matches!(eio.config.cors, Cors::Origins(_)) && parts.headers.contains_key(header::ORIGIN) && cors.is_none() {
+    if matches!(eio.config.cors, Cors::Origins(_))
+        && parts.headers.contains_key(header::ORIGIN)
+        && cors.is_none()
+    {
         return EioError::Forbidden.response(None);
     }
     let q = parse_query(parts.uri.query());

@@ -160,7 +160,11 @@ mod tests {
         assert_eq!(decode_payload("b!!!"), Err(PacketError::Base64));
         assert_eq!(decode_payload("4a\x1e\x1e4b"), Err(PacketError::Empty));
         assert_eq!(
-            encode_payload([Encoded::Text("4hello"), Encoded::Binary(&[1, 2, 3]), Encoded::Text("2")]),
+            encode_payload([
+                Encoded::Text("4hello"),
+                Encoded::Binary(&[1, 2, 3]),
+                Encoded::Text("2")
+            ]),
             "4hello\x1ebAQID\x1e2"
         );
         assert_eq!(encode_payload([Encoded::Text("6")]), "6");

@@ -132,9 +132,12 @@ pub enum AckError {
     Emit(#[from] EmitError),
 }
 
-type ConnectFn = dyn Fn(Socket, Value) -> BoxFuture<'static, Result<(), ConnectRefusal>> + Send + Sync;
+type ConnectFn =
+    dyn Fn(Socket, Value) -> BoxFuture<'static, Result<(), ConnectRefusal>> + Send + Sync;
 type EventFn = dyn Fn(Socket, Payload, Option<AckSender>) -> BoxFuture<'static, ()> + Send + Sync;
-type FallbackFn = dyn Fn(Socket, String, Payload, Option<AckSender>) -> BoxFuture<'static, ()> + Send + Sync;
+type FallbackFn =
+    dyn Fn(Socket, String, Payload, Option<AckSender>) -> BoxFuture<'static, ()> + Send + Sync;
+type AcceptFn = dyn Fn(&str) -> bool + Send + Sync;
 type DisconnectFn = dyn Fn(Socket, String) -> BoxFuture<'static, ()> + Send + Sync;
 
 struct Namespace {
@@ -189,7 +192,7 @@ struct Inner {
     hub: Hub,
     config: SocketIoConfig,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
-    dynamic: RwLock<Vec<(Arc<dyn Fn(&str) -> bool + Send + Sync>, Arc<ConnectFn>)>>,
+    dynamic: RwLock<Vec<(Arc<AcceptFn>, Arc<ConnectFn>)>>,
     presence_event: RwLock<Option<String>>,
     engine: std::sync::OnceLock<Weak<EngineIo>>,
 }
@@ -282,7 +285,11 @@ impl SocketIo {
 
     /// Shows presence join/leave events to Socket.IO clients as events with this name.
     pub fn presence_events(&self, event: Option<&str>) {
-        *self.inner.presence_event.write().unwrap_or_else(|e| e.into_inner()) = event.map(str::to_owned);
+        *self
+            .inner
+            .presence_event
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = event.map(str::to_owned);
     }
 
     fn namespace(&self, name: &str, on_connect: Arc<ConnectFn>) -> Arc<Namespace> {
@@ -292,19 +299,32 @@ impl SocketIo {
     /// Emits to every member of a room (Socket.IO and native clients) on every node.
     /// Several arguments are sent as one array; binary attachments are not
     /// carried through rooms.
-    pub async fn emit_to_room<T: Serialize>(&self, room: &str, event: &str, data: &T) -> Result<usize, PublishError> {
+    pub async fn emit_to_room<T: Serialize>(
+        &self,
+        room: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<usize, PublishError> {
         let p = publication(Target::Room(room.to_owned()), event, data)?;
         self.inner.hub.publish(p).await
     }
 
     /// Emits to every connection on every node.
-    pub async fn emit_all<T: Serialize>(&self, event: &str, data: &T) -> Result<usize, PublishError> {
+    pub async fn emit_all<T: Serialize>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<usize, PublishError> {
         let p = publication(Target::All, event, data)?;
         self.inner.hub.publish(p).await
     }
 }
 
-fn publication<T: Serialize>(target: Target, event: &str, data: &T) -> Result<Publication, PublishError> {
+fn publication<T: Serialize>(
+    target: Target,
+    event: &str,
+    data: &T,
+) -> Result<Publication, PublishError> {
     Publication::json(target, event, data).map_err(|_| PublishError::InvalidEvent)
 }
 
@@ -315,13 +335,22 @@ impl Inner {
             on_connect,
             protocol: Arc::new(NamespaceProtocol {
                 nsp: name.to_owned(),
-                presence_event: self.presence_event.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                presence_event: self
+                    .presence_event
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             }),
         })
     }
 
     fn find_namespace(&self, name: &str) -> Option<Arc<Namespace>> {
-        if let Some(ns) = self.namespaces.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(ns) = self
+            .namespaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Some(ns.clone());
         }
         let handler = self
@@ -351,7 +380,9 @@ fn state_of(session: &Session) -> Option<Arc<SessionState>> {
 
 impl EngineHandler for Handler {
     fn on_open(&self, session: &Arc<Session>) {
-        let Some(inner) = self.0.upgrade() else { return };
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(SessionState {
             tx,
@@ -368,16 +399,25 @@ impl EngineHandler for Handler {
     }
 
     fn farewell(&self, session: &Arc<Session>) -> Vec<Frame> {
-        let Some(state) = state_of(session) else { return Vec::new() };
+        let Some(state) = state_of(session) else {
+            return Vec::new();
+        };
         let sockets = state.sockets.lock().unwrap_or_else(|e| e.into_inner());
         sockets
             .keys()
-            .map(|nsp| Frame::text(format!("4{}", Packet::simple(Kind::Disconnect, nsp, None).encode())))
+            .map(|nsp| {
+                Frame::text(format!(
+                    "4{}",
+                    Packet::simple(Kind::Disconnect, nsp, None).encode()
+                ))
+            })
             .collect()
     }
 
     fn on_close(&self, session: &Arc<Session>, reason: &CloseReason) {
-        let Some(state) = state_of(session) else { return };
+        let Some(state) = state_of(session) else {
+            return;
+        };
         let sockets: Vec<Socket> = state
             .sockets
             .lock()
@@ -394,11 +434,20 @@ impl EngineHandler for Handler {
 }
 
 /// The per-session task: decodes packets in order and dispatches them.
-async fn drive(inner: Arc<Inner>, session: Arc<Session>, state: Arc<SessionState>, mut rx: mpsc::UnboundedReceiver<Incoming>) {
+async fn drive(
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    state: Arc<SessionState>,
+    mut rx: mpsc::UnboundedReceiver<Incoming>,
+) {
     let deadline = tokio::time::Instant::now() + inner.config.connect_timeout;
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
     loop {
-        let connected = !state.sockets.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let connected = !state
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
         let msg = tokio::select! {
             m = rx.recv() => m,
             _ = tokio::time::sleep_until(deadline), if !connected && pending.is_none() && !session.is_closed() => {
@@ -416,7 +465,11 @@ async fn drive(inner: Arc<Inner>, session: Arc<Session>, state: Arc<SessionState
         let ready = match (msg, pending.take()) {
             (Incoming::Text(text), None) => match Packet::decode(&text) {
                 Ok(p) if p.kind.is_binary() && p.attachments > 0 => {
-                    if !p.data.as_ref().is_some_and(|d| packet::placeholders_valid(d, p.attachments)) {
+                    if !p
+                        .data
+                        .as_ref()
+                        .is_some_and(|d| packet::placeholders_valid(d, p.attachments))
+                    {
                         close_session(&inner, &session, "invalid placeholders");
                         return;
                     }
@@ -462,17 +515,39 @@ fn push_packet(session: &Session, p: &Packet, binary: &[Bytes]) -> Result<(), Pu
     session.outbox().push_all(frames)
 }
 
-async fn dispatch(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<SessionState>, p: Packet, bins: Vec<Bytes>) {
-    let existing = state.sockets.lock().unwrap_or_else(|e| e.into_inner()).get(&p.nsp).cloned();
+async fn dispatch(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    state: &Arc<SessionState>,
+    p: Packet,
+    bins: Vec<Bytes>,
+) {
+    let existing = state
+        .sockets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&p.nsp)
+        .cloned();
     match p.kind {
         Kind::Connect => {
             if existing.is_some() {
                 return;
             }
-            connect(inner, session, state, &p.nsp, p.data.unwrap_or_else(|| Value::Object(Default::default()))).await;
+            connect(
+                inner,
+                session,
+                state,
+                &p.nsp,
+                p.data.unwrap_or_else(|| Value::Object(Default::default())),
+            )
+            .await;
         }
         Kind::Disconnect => {
-            let removed = state.sockets.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.nsp);
+            let removed = state
+                .sockets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&p.nsp);
             if let Some(s) = removed {
                 s.closed("client namespace disconnect".to_owned()).await;
             }
@@ -491,12 +566,21 @@ async fn dispatch(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<Sessio
                 socket: socket.clone(),
                 id,
             });
-            socket.dispatch_event(name, Payload { args, binary: bins }, ack).await;
+            socket
+                .dispatch_event(name, Payload { args, binary: bins }, ack)
+                .await;
         }
         Kind::Ack | Kind::BinaryAck => {
             let Some(socket) = existing else { return };
-            let (Some(id), Some(Value::Array(args))) = (p.id, p.data) else { return };
-            let waiter = socket.0.acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let (Some(id), Some(Value::Array(args))) = (p.id, p.data) else {
+                return;
+            };
+            let waiter = socket
+                .0
+                .acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             if let Some(tx) = waiter {
                 let _ = tx.send(Payload { args, binary: bins });
             }
@@ -505,9 +589,19 @@ async fn dispatch(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<Sessio
     }
 }
 
-async fn connect(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<SessionState>, nsp: &str, auth: Value) {
+async fn connect(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    state: &Arc<SessionState>,
+    nsp: &str,
+    auth: Value,
+) {
     let Some(ns) = inner.find_namespace(nsp) else {
-        let refusal = Packet::simple(Kind::ConnectError, nsp, Some(serde_json::json!({"message": "Invalid namespace"})));
+        let refusal = Packet::simple(
+            Kind::ConnectError,
+            nsp,
+            Some(serde_json::json!({"message": "Invalid namespace"})),
+        );
         let _ = push_packet(session, &refusal, &[]);
         return;
     };
@@ -518,7 +612,11 @@ async fn connect(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<Session
     {
         Ok(c) => c,
         Err(e) => {
-            let refusal = Packet::simple(Kind::ConnectError, nsp, Some(serde_json::json!({"message": e.to_string()})));
+            let refusal = Packet::simple(
+                Kind::ConnectError,
+                nsp,
+                Some(serde_json::json!({"message": e.to_string()})),
+            );
             let _ = push_packet(session, &refusal, &[]);
             return;
         }
@@ -546,8 +644,13 @@ async fn connect(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<Session
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(nsp.to_owned(), socket.clone());
-            let reply = Packet::simple(Kind::Connect, nsp, Some(serde_json::json!({"sid": socket.0.id})));
-            let mut early = std::mem::take(&mut *socket.0.early.lock().unwrap_or_else(|e| e.into_inner()));
+            let reply = Packet::simple(
+                Kind::Connect,
+                nsp,
+                Some(serde_json::json!({"sid": socket.0.id})),
+            );
+            let mut early =
+                std::mem::take(&mut *socket.0.early.lock().unwrap_or_else(|e| e.into_inner()));
             let mut frames = vec![Frame::text(format!("4{}", reply.encode()))];
             frames.append(&mut early);
             socket.0.connected.store(true, Ordering::Release);
@@ -562,7 +665,11 @@ async fn connect(inner: &Arc<Inner>, session: &Arc<Session>, state: &Arc<Session
             if let Some(d) = refusal.data {
                 data["data"] = d;
             }
-            let _ = push_packet(session, &Packet::simple(Kind::ConnectError, nsp, Some(data)), &[]);
+            let _ = push_packet(
+                session,
+                &Packet::simple(Kind::ConnectError, nsp, Some(data)),
+                &[],
+            );
             socket.release().await;
         }
     }
@@ -599,7 +706,10 @@ pub struct Socket(Arc<SocketInner>);
 
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Socket").field("id", &self.0.id).field("nsp", &self.0.nsp).finish()
+        f.debug_struct("Socket")
+            .field("id", &self.0.id)
+            .field("nsp", &self.0.nsp)
+            .finish()
     }
 }
 
@@ -613,7 +723,12 @@ pub struct AckSender {
 impl AckSender {
     /// Sends the ack with these arguments (and attachments).
     pub fn send(self, payload: Payload) -> Result<(), EmitError> {
-        let p = Packet::ack(&self.socket.0.nsp, Value::Array(payload.args), self.id, payload.binary.len());
+        let p = Packet::ack(
+            &self.socket.0.nsp,
+            Value::Array(payload.args),
+            self.id,
+            payload.binary.len(),
+        );
         self.socket.push(&p, &payload.binary)
     }
 }
@@ -654,7 +769,12 @@ impl Socket {
     }
 
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> T) -> Option<T> {
-        self.0.conn.lock().unwrap_or_else(|e| e.into_inner()).as_deref().map(f)
+        self.0
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .map(f)
     }
 
     fn hub(&self) -> &Hub {
@@ -668,7 +788,11 @@ impl Socket {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let f: Arc<EventFn> = Arc::new(move |s, p, a| Box::pin(handler(s, p, a)));
-        self.0.handlers.lock().unwrap_or_else(|e| e.into_inner()).insert(event.to_owned(), f);
+        self.0
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(event.to_owned(), f);
     }
 
     /// Registers the handler of events that have none of their own.
@@ -688,15 +812,30 @@ impl Socket {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let f: Arc<DisconnectFn> = Arc::new(move |s, r| Box::pin(handler(s, r)));
-        self.0.on_disconnect.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+        self.0
+            .on_disconnect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     async fn dispatch_event(&self, event: String, payload: Payload, ack: Option<AckSender>) {
-        let handler = self.0.handlers.lock().unwrap_or_else(|e| e.into_inner()).get(&event).cloned();
+        let handler = self
+            .0
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&event)
+            .cloned();
         let fut = match handler {
             Some(h) => h(self.clone(), payload, ack),
             None => {
-                let fallback = self.0.fallback.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let fallback = self
+                    .0
+                    .fallback
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 match fallback {
                     Some(f) => f(self.clone(), event, payload, ack),
                     None => return,
@@ -736,12 +875,28 @@ impl Socket {
     }
 
     /// Emits and waits for the client's ack, at most `timeout`.
-    pub async fn emit_with_ack(&self, event: &str, payload: Payload, timeout: Duration) -> Result<Payload, AckError> {
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Payload, AckError> {
         let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.0.acks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        if let Err(e) = self.push(&self.event_packet(event, &payload, Some(id)), &payload.binary) {
-            self.0.acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.0
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        if let Err(e) = self.push(
+            &self.event_packet(event, &payload, Some(id)),
+            &payload.binary,
+        ) {
+            self.0
+                .acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(e.into());
         }
         let result = match tokio::time::timeout(timeout, rx).await {
@@ -749,12 +904,20 @@ impl Socket {
             Ok(Err(_)) => Err(AckError::Emit(EmitError::Disconnected)),
             Err(_) => Err(AckError::Timeout),
         };
-        self.0.acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.0
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         result
     }
 
     fn conn(&self) -> Option<Arc<Connection>> {
-        self.0.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Binds a user id (for presence, `/api/send` by user, ...). Must come
@@ -784,7 +947,10 @@ impl Socket {
     }
 
     /// Merges into the socket's session data (a key set to null is removed).
-    pub fn set_data(&self, data: serde_json::Map<String, Value>) -> Result<(), roomcast_core::error::SessionError> {
+    pub fn set_data(
+        &self,
+        data: serde_json::Map<String, Value>,
+    ) -> Result<(), roomcast_core::error::SessionError> {
         self.with_conn(|c| c.merge_session(data)).unwrap_or(Ok(()))
     }
 
@@ -794,20 +960,34 @@ impl Socket {
     }
 
     /// Emits to a room's members except this socket, on every node.
-    pub async fn to_room<T: Serialize>(&self, room: &str, event: &str, data: &T) -> Result<usize, PublishError> {
+    pub async fn to_room<T: Serialize>(
+        &self,
+        room: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<usize, PublishError> {
         let mut p = publication(Target::Room(room.to_owned()), event, data)?;
         p.exclude = Some(self.conn_id());
         self.publish_as_self(p).await
     }
 
     /// Emits to a room's members, this socket included.
-    pub async fn within_room<T: Serialize>(&self, room: &str, event: &str, data: &T) -> Result<usize, PublishError> {
+    pub async fn within_room<T: Serialize>(
+        &self,
+        room: &str,
+        event: &str,
+        data: &T,
+    ) -> Result<usize, PublishError> {
         let p = publication(Target::Room(room.to_owned()), event, data)?;
         self.publish_as_self(p).await
     }
 
     /// Emits to every connection except this socket.
-    pub async fn broadcast<T: Serialize>(&self, event: &str, data: &T) -> Result<usize, PublishError> {
+    pub async fn broadcast<T: Serialize>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<usize, PublishError> {
         let mut p = publication(Target::All, event, data)?;
         p.exclude = Some(self.conn_id());
         self.publish_as_self(p).await
@@ -829,20 +1009,38 @@ impl Socket {
     /// Disconnects the socket from its namespace (the client gets DISCONNECT and
     /// does not reconnect by itself); the Engine.IO session stays open.
     pub async fn disconnect(&self) {
-        let _ = push_packet(&self.0.session, &Packet::simple(Kind::Disconnect, &self.0.nsp, None), &[]);
+        let _ = push_packet(
+            &self.0.session,
+            &Packet::simple(Kind::Disconnect, &self.0.nsp, None),
+            &[],
+        );
         if let Some(state) = state_of(&self.0.session) {
-            state.sockets.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0.nsp);
+            state
+                .sockets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.0.nsp);
         }
         self.closed("server namespace disconnect".to_owned()).await;
     }
 
     /// Runs disconnect handlers once and removes the socket from the hub.
     async fn closed(&self, reason: String) {
-        let handlers = std::mem::take(&mut *self.0.on_disconnect.lock().unwrap_or_else(|e| e.into_inner()));
+        let handlers = std::mem::take(
+            &mut *self
+                .0
+                .on_disconnect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for h in handlers {
             h(self.clone(), reason.clone()).await;
         }
-        self.0.acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.0
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.release().await;
     }
 

@@ -110,7 +110,11 @@ impl Packet {
     /// An EVENT (or BINARY_EVENT when there are attachments).
     pub fn event(nsp: &str, args: Value, id: Option<u64>, attachments: usize) -> Packet {
         Packet {
-            kind: if attachments > 0 { Kind::BinaryEvent } else { Kind::Event },
+            kind: if attachments > 0 {
+                Kind::BinaryEvent
+            } else {
+                Kind::Event
+            },
             nsp: nsp.to_owned(),
             id,
             data: Some(args),
@@ -121,7 +125,11 @@ impl Packet {
     /// An ACK (or BINARY_ACK when there are attachments).
     pub fn ack(nsp: &str, args: Value, id: u64, attachments: usize) -> Packet {
         Packet {
-            kind: if attachments > 0 { Kind::BinaryAck } else { Kind::Ack },
+            kind: if attachments > 0 {
+                Kind::BinaryAck
+            } else {
+                Kind::Ack
+            },
             nsp: nsp.to_owned(),
             id: Some(id),
             data: Some(args),
@@ -198,7 +206,9 @@ impl Packet {
         }
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         let id = if digits > 0 {
-            let id = rest[..digits].parse::<u64>().map_err(|_| PacketError::AckId)?;
+            let id = rest[..digits]
+                .parse::<u64>()
+                .map_err(|_| PacketError::AckId)?;
             rest = &rest[digits..];
             Some(id)
         } else {
@@ -261,31 +271,64 @@ mod tests {
         let p = Packet::decode("0").unwrap();
         assert_eq!((p.kind, p.nsp.as_str(), p.data), (Kind::Connect, "/", None));
         let p = Packet::decode("0/admin,{\"token\":\"123\"}").unwrap();
-        assert_eq!((p.nsp.as_str(), p.data.unwrap()), ("/admin", json!({"token": "123"})));
+        assert_eq!(
+            (p.nsp.as_str(), p.data.unwrap()),
+            ("/admin", json!({"token": "123"}))
+        );
         let p = Packet::decode("40/custom").unwrap_or_else(|_| Packet::decode("0/custom").unwrap());
         assert_eq!(p.nsp, "/custom");
         assert_eq!(Packet::decode("0/custom").unwrap().nsp, "/custom");
         let p = Packet::decode("1/admin,").unwrap();
         assert_eq!((p.kind, p.nsp.as_str()), (Kind::Disconnect, "/admin"));
         let p = Packet::decode("2/admin,12[\"foo\"]").unwrap();
-        assert_eq!((p.kind, p.id, p.data.unwrap()), (Kind::Event, Some(12), json!(["foo"])));
+        assert_eq!(
+            (p.kind, p.id, p.data.unwrap()),
+            (Kind::Event, Some(12), json!(["foo"]))
+        );
         let p = Packet::decode("3/admin,12[\"bar\"]").unwrap();
         assert_eq!((p.kind, p.id), (Kind::Ack, Some(12)));
         let p = Packet::decode("51-[\"baz\",{\"_placeholder\":true,\"num\":0}]").unwrap();
         assert_eq!((p.kind, p.attachments), (Kind::BinaryEvent, 1));
         let p = Packet::decode("61-15[{\"_placeholder\":true,\"num\":0}]").unwrap();
-        assert_eq!((p.kind, p.id, p.attachments), (Kind::BinaryAck, Some(15), 1));
+        assert_eq!(
+            (p.kind, p.id, p.attachments),
+            (Kind::BinaryAck, Some(15), 1)
+        );
         let p = Packet::decode("4{\"message\":\"Invalid namespace\"}").unwrap();
         assert_eq!(p.kind, Kind::ConnectError);
-        assert_eq!(Packet::decode("2[1,2]").unwrap().data.unwrap(), json!([1, 2]));
+        assert_eq!(
+            Packet::decode("2[1,2]").unwrap().data.unwrap(),
+            json!([1, 2])
+        );
     }
 
     #[test]
     fn refuses_what_the_reference_parser_refuses() {
         for bad in [
-            "", "7", "abc", "2", "2{}", "2abc[\"foo\"]", "2[]", "2[null]", "2[\"connect\"]", "2[\"disconnect\",1]",
-            "0\"string\"", "0[1]", "1{}", "1\"x\"", "3[1]", "3\"x\"", "4[1]", "4", "5[\"a\"]", "5x-[\"a\"]",
-            "511-[\"a\"]", "2[\"a\"", "2/nsp,x", "299999999999999999999999[\"a\"]",
+            "",
+            "7",
+            "abc",
+            "2",
+            "2{}",
+            "2abc[\"foo\"]",
+            "2[]",
+            "2[null]",
+            "2[\"connect\"]",
+            "2[\"disconnect\",1]",
+            "0\"string\"",
+            "0[1]",
+            "1{}",
+            "1\"x\"",
+            "3[1]",
+            "3\"x\"",
+            "4[1]",
+            "4",
+            "5[\"a\"]",
+            "5x-[\"a\"]",
+            "511-[\"a\"]",
+            "2[\"a\"",
+            "2/nsp,x",
+            "299999999999999999999999[\"a\"]",
         ] {
             assert!(Packet::decode(bad).is_err(), "{bad:?} should be refused");
         }
@@ -293,18 +336,38 @@ mod tests {
 
     #[test]
     fn encodes_literally() {
-        assert_eq!(Packet::event("/", json!(["hello", 1]), None, 0).encode(), "2[\"hello\",1]");
-        assert_eq!(Packet::event("/admin", json!(["a"]), Some(7), 0).encode(), "2/admin,7[\"a\"]");
+        assert_eq!(
+            Packet::event("/", json!(["hello", 1]), None, 0).encode(),
+            "2[\"hello\",1]"
+        );
+        assert_eq!(
+            Packet::event("/admin", json!(["a"]), Some(7), 0).encode(),
+            "2/admin,7[\"a\"]"
+        );
         assert_eq!(Packet::ack("/", json!([]), 3, 0).encode(), "33[]");
         assert_eq!(
             Packet::event("/", json!(["b", {"_placeholder": true, "num": 0}]), None, 1).encode(),
             "51-[\"b\",{\"_placeholder\":true,\"num\":0}]"
         );
-        assert_eq!(Packet::ack("/x", json!([{"_placeholder": true, "num": 0}]), 2, 1).encode(), "61-/x,2[{\"_placeholder\":true,\"num\":0}]");
-        assert_eq!(Packet::simple(Kind::Connect, "/", Some(json!({"sid": "s"}))).encode(), "0{\"sid\":\"s\"}");
-        assert_eq!(Packet::simple(Kind::Disconnect, "/admin", None).encode(), "1/admin,");
         assert_eq!(
-            Packet::simple(Kind::ConnectError, "/random", Some(json!({"message": "Invalid namespace"}))).encode(),
+            Packet::ack("/x", json!([{"_placeholder": true, "num": 0}]), 2, 1).encode(),
+            "61-/x,2[{\"_placeholder\":true,\"num\":0}]"
+        );
+        assert_eq!(
+            Packet::simple(Kind::Connect, "/", Some(json!({"sid": "s"}))).encode(),
+            "0{\"sid\":\"s\"}"
+        );
+        assert_eq!(
+            Packet::simple(Kind::Disconnect, "/admin", None).encode(),
+            "1/admin,"
+        );
+        assert_eq!(
+            Packet::simple(
+                Kind::ConnectError,
+                "/random",
+                Some(json!({"message": "Invalid namespace"}))
+            )
+            .encode(),
             "4/random,{\"message\":\"Invalid namespace\"}"
         );
     }
