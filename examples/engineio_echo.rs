@@ -4,6 +4,8 @@
 //! Run: `cargo run -p roomcast-examples --bin engineio_echo -- --port 3000`
 
 use std::sync::Arc;
+mod args;
+
 use std::time::Duration;
 
 use roomcast_socketio::engineio::{
@@ -25,15 +27,6 @@ impl EngineHandler for Echo {
     fn on_close(&self, _: &Arc<Session>, _: &CloseReason) {}
 }
 
-fn port() -> u16 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--port")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000)
-}
-
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let config = EngineConfig {
@@ -45,7 +38,7 @@ async fn main() -> std::io::Result<()> {
     };
     let eio = EngineIo::new(config, Arc::new(Echo));
     let app: axum::Router = eio.router("/engine.io/");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args::port(3000))).await?;
     println!(
         "engineio_echo listening on http://{}",
         listener.local_addr()?

@@ -13,6 +13,8 @@
 //! Run: `cargo run -p roomcast-examples --bin socketio_chat -- --port 5000`
 //! (the page needs `npm ci` once, for `node_modules/socket.io-client`).
 
+mod args;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -23,14 +25,6 @@ use serde_json::{json, Value};
 
 use roomcast::roomcast_core::{Hub, HubConfig};
 use roomcast_socketio::socketio::{AckSender, Payload, Socket, SocketIo, SocketIoConfig};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 fn text(payload: &Payload, key: &str) -> String {
     match payload.first().get(key) {
@@ -219,7 +213,7 @@ async fn client_js() -> impl IntoResponse {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(5000);
+    let port = args::port(5000);
     let io = SocketIo::new(Hub::new(HubConfig::default()), SocketIoConfig::default());
     register(io.clone());
     let app = axum::Router::new()

@@ -5,20 +5,13 @@
 //!
 //! Run: `cargo run -p roomcast-examples --bin socketio_conformance -- --port 3000`
 
+mod args;
+
 use std::time::Duration;
 
 use roomcast::roomcast_core::{Hub, HubConfig};
 use roomcast_socketio::engineio::{Cors, EngineConfig};
 use roomcast_socketio::socketio::{SocketIo, SocketIoConfig};
-
-fn port() -> u16 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--port")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000)
-}
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -50,7 +43,7 @@ async fn main() -> std::io::Result<()> {
         Ok(())
     });
     let app: axum::Router = io.router("/socket.io/");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args::port(3000))).await?;
     println!(
         "socketio_conformance listening on http://{}",
         listener.local_addr()?
