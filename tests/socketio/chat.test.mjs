@@ -232,11 +232,14 @@ function makeClient(mode, username, extra = {}) {
 /** Connects a client and checks the `Connected` greeting (count 0). */
 async function connectClient(mode, username = token('user'), extra = {}) {
   const c = makeClient(mode, username, extra);
-  const [connectErr] = await Promise.race([
-    once(c.socket, 'connect', `${mode} client to connect`),
-    once(c.socket, 'connect_error', `${mode} client to connect`).then(([e]) => [e]),
-  ]);
-  if (connectErr) throw new Error(`${mode} client could not connect: ${connectErr.message}`);
+  await within(
+    STEP,
+    `${mode} client to connect`,
+    new Promise((resolve, reject) => {
+      c.socket.once('connect', resolve);
+      c.socket.once('connect_error', (e) => reject(new Error(`${mode} client could not connect: ${e.message}`)));
+    }),
+  );
   assert.ok(c.socket.id, 'the CONNECT reply carries a socket id');
   const hello = await c.inbox.data('Connected');
   assert.deepEqual(hello, { data: 'Connected', count: 0 });
@@ -629,6 +632,21 @@ describe('bad input over raw HTTP and WebSocket', { timeout: TEST_TIMEOUT * 10 }
     await assertHealthy();
   });
 
+  it('an oversize WebSocket message closes that connection', { timeout: TEST_TIMEOUT }, async () => {
+    const raw = await rawWebSocket();
+    open.add(raw);
+    raw.ws.send('40');
+    raw.ws.send(`42["my_event",{"data":"${'z'.repeat(MAX_PAYLOAD + 1)}"}]`);
+    // (roomcast closes with 1000 "transport close" here; the reference server uses 1009.)
+    await within(STEP, 'the server to close after an oversize message', raw.closed);
+    assert.equal(
+      raw.messages.some((m) => typeof m === 'string' && m.includes('zzzz')),
+      false,
+      'the oversize event was handled',
+    );
+    await assertHealthy();
+  });
+
   it('a polling POST at the size limit is accepted', { timeout: TEST_TIMEOUT }, async () => {
     const sid = await pollingHandshake();
     // 40 (connect) then a message padding the body to exactly MAX_PAYLOAD bytes.
@@ -639,13 +657,30 @@ describe('bad input over raw HTTP and WebSocket', { timeout: TEST_TIMEOUT * 10 }
     const r = await get(EIO(`&sid=${sid}`), { method: 'POST', body });
     assert.equal(r.status, 200);
     assert.equal(await r.text(), 'ok');
-    const poll = await get(EIO(`&sid=${sid}`));
-    assert.equal(poll.status, 200);
-    const packets = (await poll.text()).split('\x1e');
+    // Poll until the echo of the big event has come (the CONNECT reply and the
+    // greeting come first).
+    const event = (p) => (p.startsWith('42[') ? JSON.parse(p.slice(2)) : []);
+    const isEcho = (p) => event(p)[0] === 'my_response' && event(p)[1].count === 1;
+    const packets = [];
+    for (let i = 0; i < 5 && !packets.some(isEcho); i++) {
+      const poll = await get(EIO(`&sid=${sid}`));
+      assert.equal(poll.status, 200);
+      packets.push(...(await poll.text()).split('\x1e'));
+    }
     assert.match(packets[0], /^40\{"sid":"[^"]+"\}$/);
-    // The CONNECT reply, the greeting, and (maybe in a later poll) the echo.
-    assert.ok(packets.some((p) => p.startsWith('42["my_response",{') && p.includes('"Connected"')));
-    await get(EIO(`&sid=${sid}`), { method: 'POST', body: '1' }).then((x) => x.text());
+    assert.ok(packets.some((p) => event(p)[0] === 'my_response' && event(p)[1].data === 'Connected'));
+    const big = packets.find(isEcho);
+    assert.ok(big, `no echo of the event at the size limit in ${packets.length} packets`);
+    assert.equal(event(big)[1].data.length, MAX_PAYLOAD - head.length - tail.length);
+    // A client close over polling: the next poll is answered (ending with a
+    // noop) and the session is gone.
+    const close = await get(EIO(`&sid=${sid}`), { method: 'POST', body: '1' });
+    assert.equal(close.status, 200);
+    await close.text();
+    const last = await get(EIO(`&sid=${sid}`));
+    assert.equal(last.status, 200);
+    assert.equal((await last.text()).split('\x1e').at(-1), '6');
+    await assertSessionUnknown(sid);
     await assertHealthy();
   });
 

@@ -240,3 +240,28 @@ async fn periodic_emits_stop_with_the_hub() {
         .expect("the timer ends with the hub")
         .unwrap();
 }
+
+#[tokio::test]
+async fn protocol_violations_close_with_a_close_frame_and_code() {
+    let io = io();
+    io.ns("/", |_, _| async move { Ok(()) });
+    let addr = serve(&io).await;
+    // A ping from the client is the wrong heartbeat direction.
+    let (mut c, _) = Sio::open(addr, "/socket.io/").await;
+    c.send("2").await;
+    assert_eq!(c.closed().await, 1002);
+    // An invalid Socket.IO packet.
+    let (mut c, _) = Sio::open(addr, "/socket.io/").await;
+    c.send("40").await;
+    assert!(c.recv_sio().await.starts_with("0{"));
+    c.send("42{}").await;
+    assert_eq!(c.closed().await, 1002);
+    // A message over maxPayload.
+    let (mut c, _) = Sio::open(addr, "/socket.io/").await;
+    c.send(&format!("4{}", "x".repeat(1_000_001))).await;
+    assert_eq!(c.closed().await, 1009);
+    // The client's own close packet is answered with a normal close.
+    let (mut c, _) = Sio::open(addr, "/socket.io/").await;
+    c.send("1").await;
+    assert_eq!(c.closed().await, 1000);
+}

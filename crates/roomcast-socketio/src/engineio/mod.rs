@@ -83,6 +83,8 @@ pub enum CloseReason {
     PingTimeout,
     /// The client broke the protocol (bad packet, duplicate poll, ping from the client...).
     ProtocolError(String),
+    /// A WebSocket message was larger than `max_payload`.
+    MessageTooBig,
     /// The session's outbox was closed: slow consumer, server shutdown, a server-side disconnect.
     Server(Disconnect),
     /// The layer above closed it.
@@ -97,6 +99,7 @@ impl CloseReason {
             CloseReason::TransportClose => "transport close",
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::ProtocolError(_) => "parse error",
+            CloseReason::MessageTooBig => "transport error",
             CloseReason::Server(d) if d == &Disconnect::SHUTDOWN => "server shutting down",
             CloseReason::Server(_) | CloseReason::ServerClose => "server namespace disconnect",
         }
@@ -153,6 +156,7 @@ pub struct Session {
     upgraded: CancellationToken,
     closed: CancellationToken,
     close_once: AtomicBool,
+    close_reason: Mutex<Option<CloseReason>>,
     /// The layer above's per-session state.
     pub ext: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// The handshake request's headers.
@@ -371,6 +375,10 @@ impl EngineIo {
             return;
         }
         tracing::debug!(sid = %session.sid, ?reason, "engine.io session closed");
+        *session
+            .close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
         self.sessions
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -411,6 +419,7 @@ impl EngineIo {
             upgraded: CancellationToken::new(),
             closed: CancellationToken::new(),
             close_once: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
             ext: OnceLock::new(),
             headers,
         });
@@ -652,7 +661,17 @@ impl EngineIo {
                 }
             },
         };
-        let reason = self.ws_loop(&mut ws, &session).await;
+        let mut reason = self.ws_loop(&mut ws, &session).await;
+        let closed_elsewhere = reason.is_none();
+        if closed_elsewhere {
+            // Closed while handling a packet (client close, ping from the client,
+            // an invalid Socket.IO packet...) or by the layer above: still say why.
+            reason = session
+                .close_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+        }
         if let Some(CloseReason::Server(d)) = &reason {
             if !d.reconnect() {
                 for f in self.handler.farewell(&session) {
@@ -669,6 +688,7 @@ impl EngineIo {
                 CloseReason::Server(d) => d.code,
                 CloseReason::PingTimeout => Disconnect::HEARTBEAT_TIMEOUT.code,
                 CloseReason::ProtocolError(_) => 1002,
+                CloseReason::MessageTooBig => 1009,
                 _ => 1000,
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -756,7 +776,14 @@ impl EngineIo {
                 }
                 msg = ws.next() => {
                     let packet = match msg {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Some(CloseReason::TransportClose),
+                        Some(Err(e)) => {
+                            let too_big = e
+                                .into_inner()
+                                .downcast::<tungstenite::Error>()
+                                .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+                            return Some(if too_big { CloseReason::MessageTooBig } else { CloseReason::TransportClose });
+                        }
+                        None | Some(Ok(Message::Close(_))) => return Some(CloseReason::TransportClose),
                         Some(Ok(Message::Text(t))) => match Packet::decode(t.as_str()) {
                             Ok(p) => p,
                             Err(e) => return Some(CloseReason::ProtocolError(e.to_string())),
