@@ -442,15 +442,19 @@ async fn drive(
 ) {
     let deadline = tokio::time::Instant::now() + inner.config.connect_timeout;
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
+    // The connect timeout applies until the first namespace is joined; a client
+    // that later leaves every namespace keeps its session, as with Node.
+    let mut ever_connected = false;
     loop {
-        let connected = !state
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        ever_connected = ever_connected
+            || !state
+                .sockets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
         let msg = tokio::select! {
             m = rx.recv() => m,
-            _ = tokio::time::sleep_until(deadline), if !connected && pending.is_none() && !session.is_closed() => {
+            _ = tokio::time::sleep_until(deadline), if !ever_connected && pending.is_none() && !session.is_closed() => {
                 if state.sockets.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
                     close_session(&inner, &session, "connect timeout");
                     return;
