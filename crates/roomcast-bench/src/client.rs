@@ -1,0 +1,286 @@
+//! One benchmark connection in one of three protocols.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::stats::Recorder;
+
+/// The wire protocol and how to join and publish in it.
+pub enum Protocol {
+    /// roomcast's native JSON protocol.
+    Native,
+    /// Socket.IO v5 over Engine.IO v4 WebSocket, with join/publish events.
+    SocketIo { join: String, publish: String },
+    /// Plain WebSocket group chat: every frame goes to every other client.
+    Plain,
+}
+
+pub struct Target {
+    pub addr: SocketAddr,
+    pub path: String,
+    pub protocol: Protocol,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+pub struct Conn {
+    target: Arc<Target>,
+    sink: Arc<Mutex<SplitSink<Ws, Message>>>,
+    stream: Option<SplitStream<Ws>>,
+    index: usize,
+    pad: String,
+}
+
+/// A distinct loopback source address per connection index, so that repeated
+/// runs do not exhaust the ephemeral ports of one address pair.
+fn source(index: usize, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        return None;
+    }
+    let i = index % 12_000_000;
+    Some(IpAddr::V4(Ipv4Addr::new(
+        127,
+        1 + (i / 62_500 % 250) as u8,
+        (i / 250 % 250) as u8,
+        (i % 250 + 1) as u8,
+    )))
+}
+
+/// Finds the number after `"t":` in a frame: the publish timestamp.
+fn timestamp(text: &str) -> Option<u64> {
+    let at = text.find("\"t\":")? + 4;
+    let digits: &str = &text[at..];
+    let end = digits.bytes().take_while(u8::is_ascii_digit).count();
+    digits[..end].parse().ok()
+}
+
+impl Conn {
+    pub async fn open(target: &Arc<Target>, index: usize) -> Result<Conn, String> {
+        let socket = if target.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(ip) = source(index, target.addr.is_ipv6()) {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
+        let tcp = socket
+            .connect(target.addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", target.addr))?;
+        let _ = tcp.set_nodelay(true);
+        let query = match target.protocol {
+            Protocol::SocketIo { .. } => "?EIO=4&transport=websocket",
+            _ => "",
+        };
+        let url = format!("ws://{}{}{}", target.addr, target.path, query);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 << 10)
+            .write_buffer_size(0);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
+            .await
+            .map_err(|e| format!("websocket handshake: {e}"))?;
+        match &target.protocol {
+            Protocol::Native => {
+                next_text(&mut ws).await?; // welcome
+            }
+            Protocol::SocketIo { .. } => {
+                let open = next_text(&mut ws).await?;
+                if !open.starts_with('0') {
+                    return Err(format!("expected an Engine.IO open packet, got {open}"));
+                }
+                ws.send(Message::text("40"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                loop {
+                    let t = next_text(&mut ws).await?;
+                    if t.starts_with("40") {
+                        break;
+                    }
+                    if t.starts_with("44") {
+                        return Err(format!("connect refused: {t}"));
+                    }
+                }
+            }
+            Protocol::Plain => {}
+        }
+        let (sink, stream) = ws.split();
+        Ok(Conn {
+            target: target.clone(),
+            sink: Arc::new(Mutex::new(sink)),
+            stream: Some(stream),
+            index,
+            pad: String::new(),
+        })
+    }
+
+    /// Joins a room and waits for the server's acknowledgement.
+    pub async fn join(&mut self, room: &str) -> Result<(), String> {
+        let frame = match &self.target.protocol {
+            Protocol::Native => format!(r#"{{"type":"join","room":"{room}","id":1}}"#),
+            Protocol::SocketIo { join, .. } => format!(r#"421["{join}",{{"room":"{room}"}}]"#),
+            Protocol::Plain => return Ok(()),
+        };
+        self.sink
+            .lock()
+            .await
+            .send(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = self.stream.as_mut().ok_or("already receiving")?;
+        loop {
+            let m = stream
+                .next()
+                .await
+                .ok_or("closed while joining")?
+                .map_err(|e| e.to_string())?;
+            let Message::Text(t) = m else { continue };
+            let t = t.as_str();
+            match &self.target.protocol {
+                Protocol::Native if t.contains(r#""type":"ack""#) => return Ok(()),
+                Protocol::Native if t.contains(r#""type":"error""#) => {
+                    return Err(format!("join refused: {t}"))
+                }
+                Protocol::SocketIo { .. } if t.starts_with("431") => return Ok(()),
+                Protocol::SocketIo { .. } if t == "2" => {
+                    self.sink
+                        .lock()
+                        .await
+                        .send(Message::text("3"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Queues one publish (call `flush` to send what was queued).
+    pub async fn publish(
+        &mut self,
+        room: &str,
+        seq: u64,
+        t_ns: u64,
+        size: usize,
+    ) -> Result<(), String> {
+        if self.pad.len() + 40 < size {
+            self.pad = "x".repeat(size.saturating_sub(40));
+        }
+        let data = format!(r#"{{"t":{},"s":{seq},"p":"{}"}}"#, t_ns, self.pad);
+        let frame = match &self.target.protocol {
+            Protocol::Native => {
+                format!(r#"{{"type":"publish","room":"{room}","event":"b","data":{data}}}"#)
+            }
+            Protocol::SocketIo { publish, .. } => {
+                format!(r#"42["{publish}",{{"room":"{room}","event":"b","data":{data}}}]"#)
+            }
+            Protocol::Plain => data,
+        };
+        self.sink
+            .lock()
+            .await
+            .feed(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), String> {
+        self.sink
+            .lock()
+            .await
+            .flush()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Starts a task that reads this connection, records each delivery's
+    /// latency, and answers Socket.IO pings.
+    pub fn start_receiving(&mut self, rec: Arc<Recorder>) {
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        let sink = self.sink.clone();
+        let socketio = matches!(self.target.protocol, Protocol::SocketIo { .. });
+        let shard = self.index;
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(64);
+            let mut pong = false;
+            let take = |m: Message, batch: &mut Vec<u64>, pong: &mut bool| {
+                if let Message::Text(t) = &m {
+                    let t = t.as_str();
+                    if socketio && t == "2" {
+                        *pong = true;
+                    } else if let Some(sent) = timestamp(t) {
+                        batch.push(rec.now_ns().saturating_sub(sent) / 1000);
+                    }
+                }
+            };
+            while let Some(Ok(m)) = stream.next().await {
+                take(m, &mut batch, &mut pong);
+                // Take whatever else is already buffered, then record once.
+                while let Some(Some(Ok(m))) = futures_util::FutureExt::now_or_never(stream.next()) {
+                    take(m, &mut batch, &mut pong);
+                }
+                if pong {
+                    let _ = sink.lock().await.send(Message::text("3")).await;
+                    pong = false;
+                }
+                rec.record(shard, &batch);
+                batch.clear();
+            }
+        });
+    }
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(f))) => return Err(format!("closed by the server: {f:?}")),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed by the server".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_found_in_every_protocol() {
+        assert_eq!(
+            timestamp(
+                r#"{"type":"message","room":"bench","event":"b","data":{"t":123,"s":1,"p":"x"},"from":null}"#
+            ),
+            Some(123)
+        );
+        assert_eq!(timestamp(r#"42["b",{"t":456,"s":2,"p":"x"}]"#), Some(456));
+        assert_eq!(timestamp(r#"{"t":789,"s":0,"p":""}"#), Some(789));
+        assert_eq!(timestamp(r#"{"type":"ack","id":1}"#), None);
+    }
+
+    #[test]
+    fn source_addresses_stay_on_loopback_and_differ() {
+        let a = source(0, false).unwrap();
+        let b = source(1, false).unwrap();
+        let c = source(70_000, false).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        for ip in [a, b, c] {
+            assert!(ip.is_loopback(), "{ip}");
+        }
+    }
+}
