@@ -176,7 +176,7 @@ impl HeartbeatConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
-    /// Initial read buffer per connection, in bytes (grows for larger messages). Default: 4096.
+    /// Initial read buffer per connection, in bytes (grows for larger messages). Default: 1024.
     pub read_buffer_bytes: usize,
     /// Queued frames are written to the socket once this many bytes are buffered,
     /// and always at the end of a batch. Default: 65536.
@@ -186,7 +186,7 @@ pub struct WebSocketConfig {
 impl Default for WebSocketConfig {
     fn default() -> Self {
         WebSocketConfig {
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 64 << 10,
         }
     }

@@ -872,7 +872,7 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
         let tasks = eio.tasks.clone();
         let max = eio.config.max_payload;
         return upgrade
-            .read_buffer_size(4096)
+            .read_buffer_size(1024)
             .write_buffer_size(64 << 10)
             .max_message_size(max)
             .max_frame_size(max)
