@@ -828,6 +828,13 @@ def main():
              "`target/bench/logs/`.")
     L.append("")
 
+    # What we found and changed while measuring: kept by hand in bench/findings.md.
+    findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "findings.md")
+    if os.path.exists(findings):
+        with open(findings, encoding="utf-8") as f:
+            L.append(f.read().rstrip())
+            L.append("")
+
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w", encoding="utf-8") as f:
         f.write("\n".join(L))
