@@ -68,6 +68,25 @@ fn rooms_line(socket: &Socket) -> String {
     format!("In rooms: {}", rooms.join(", "))
 }
 
+/// Registers a handler that counts the event, runs `f` with the new count, then
+/// acknowledges with `{"ok":true,"count":N}` if the client asked for an ack.
+fn counted<F, Fut>(socket: &Socket, chat: &Arc<Chat>, event: &str, f: F)
+where
+    F: Fn(Socket, Arc<Chat>, Payload, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let chat = chat.clone();
+    let f = Arc::new(f);
+    socket.on(event, move |socket, p, a| {
+        let (chat, f) = (chat.clone(), f.clone());
+        async move {
+            let n = chat.tick();
+            f(socket, chat, p, n).await;
+            ack(a, n);
+        }
+    });
+}
+
 fn register(io: SocketIo) {
     let io2 = io.clone();
     io.ns("/", move |socket, auth| {
@@ -84,83 +103,54 @@ fn register(io: SocketIo) {
             });
             respond(&socket, "Connected".into(), 0);
 
-            let c = chat.clone();
-            socket.on("set_username", move |socket, p, a| {
-                let c = c.clone();
-                async move {
+            counted(
+                &socket,
+                &chat,
+                "set_username",
+                |socket, c, p, n| async move {
                     *c.username.lock().unwrap_or_else(|e| e.into_inner()) = text(&p, "data");
-                    let n = c.tick();
                     respond(&socket, format!("Username set to {}", c.name()), n);
-                    ack(a, n);
-                }
+                },
+            );
+            counted(&socket, &chat, "my_event", |socket, _, p, n| async move {
+                respond(&socket, text(&p, "data"), n);
             });
-            let c = chat.clone();
-            socket.on("my_event", move |socket, p, a| {
-                let c = c.clone();
+            counted(&socket, &chat, "my_broadcast_event", move |_, c, p, n| {
+                let io = io.clone();
                 async move {
-                    let n = c.tick();
-                    respond(&socket, text(&p, "data"), n);
-                    ack(a, n);
-                }
-            });
-            let (c, io_b) = (chat.clone(), io.clone());
-            socket.on("my_broadcast_event", move |_, p, a| {
-                let (c, io) = (c.clone(), io_b.clone());
-                async move {
-                    let n = c.tick();
                     let data = format!("{}: {}", c.name(), text(&p, "data"));
                     let _ = io
                         .emit_all("my_response", &json!({"data": data, "count": n}))
                         .await;
-                    ack(a, n);
                 }
             });
-            let c = chat.clone();
-            socket.on("join", move |socket, p, a| {
-                let c = c.clone();
-                async move {
-                    let n = c.tick();
-                    match socket.join(&text(&p, "room")).await {
-                        Ok(_) => respond(&socket, rooms_line(&socket), n),
-                        Err(e) => respond(&socket, format!("Cannot join: {e}"), n),
-                    }
-                    ack(a, n);
+            counted(&socket, &chat, "join", |socket, _, p, n| async move {
+                match socket.join(&text(&p, "room")).await {
+                    Ok(_) => respond(&socket, rooms_line(&socket), n),
+                    Err(e) => respond(&socket, format!("Cannot join: {e}"), n),
                 }
             });
-            let c = chat.clone();
-            socket.on("leave", move |socket, p, a| {
-                let c = c.clone();
-                async move {
-                    let n = c.tick();
-                    let _ = socket.leave(&text(&p, "room")).await;
-                    respond(&socket, rooms_line(&socket), n);
-                    ack(a, n);
-                }
+            counted(&socket, &chat, "leave", |socket, _, p, n| async move {
+                let _ = socket.leave(&text(&p, "room")).await;
+                respond(&socket, rooms_line(&socket), n);
             });
-            let c = chat.clone();
-            socket.on("close_room", move |socket, p, a| {
-                let c = c.clone();
-                async move {
-                    let n = c.tick();
-                    let room = text(&p, "room");
-                    let data = json!({"data": format!("Room {room} is closing."), "count": n});
-                    let _ = socket.within_room(&room, "my_response", &data).await;
-                    let _ = socket.close_room(&room).await;
-                    ack(a, n);
-                }
+            counted(&socket, &chat, "close_room", |socket, _, p, n| async move {
+                let room = text(&p, "room");
+                let data = json!({"data": format!("Room {room} is closing."), "count": n});
+                let _ = socket.within_room(&room, "my_response", &data).await;
+                let _ = socket.close_room(&room).await;
             });
-            let c = chat.clone();
-            socket.on("my_room_event", move |socket, p, a| {
-                let c = c.clone();
-                async move {
-                    let n = c.tick();
+            counted(
+                &socket,
+                &chat,
+                "my_room_event",
+                |socket, c, p, n| async move {
                     let room = text(&p, "room");
                     let data =
                         json!({"data": format!("{}: {}", c.name(), text(&p, "data")), "count": n});
                     let _ = socket.within_room(&room, "my_response", &data).await;
-                    ack(a, n);
-                }
-            });
+                },
+            );
             let c = chat.clone();
             socket.on("disconnect_request", move |socket, _, a| {
                 let c = c.clone();
