@@ -259,7 +259,7 @@ impl SocketIo {
         Fut: std::future::Future<Output = Result<(), ConnectRefusal>> + Send + 'static,
     {
         let f: Arc<ConnectFn> = Arc::new(move |s, a| Box::pin(on_connect(s, a)));
-        let ns = self.namespace(name, f);
+        let ns = self.inner.namespace(name, f);
         self.inner
             .namespaces
             .write()
@@ -292,13 +292,8 @@ impl SocketIo {
             .unwrap_or_else(|e| e.into_inner()) = event.map(str::to_owned);
     }
 
-    fn namespace(&self, name: &str, on_connect: Arc<ConnectFn>) -> Arc<Namespace> {
-        self.inner.namespace(name, on_connect)
-    }
-
-    /// Emits to every member of a room (Socket.IO and native clients) on every node.
-    /// Several arguments are sent as one array; binary attachments are not
-    /// carried through rooms.
+    /// Emits to every member of a room (Socket.IO and native clients) on every
+    /// node, with one JSON argument; binary attachments are not carried through rooms.
     pub async fn emit_to_room<T: Serialize>(
         &self,
         room: &str,
