@@ -47,6 +47,12 @@ struct ServeArgs {
     /// Log filter: error, warn, info, debug, trace
     #[arg(long)]
     log: Option<String>,
+    /// Join a cluster over Redis, e.g. redis://127.0.0.1:6379/0 (default: in-memory, one node)
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// Accept Socket.IO emitters on Redis: python-socketio, socket.io (comma-separated)
+    #[arg(long, value_name = "LIST")]
+    emitters: Option<String>,
 }
 
 impl ServeArgs {
@@ -60,6 +66,12 @@ impl ServeArgs {
         }
         if let Some(l) = &self.log {
             flags.push(("log", l.clone()));
+        }
+        if let Some(b) = &self.broker {
+            flags.push(("broker.url", b.clone()));
+        }
+        if let Some(e) = &self.emitters {
+            flags.push(("broker.emitters", e.clone()));
         }
         let file = self
             .config
@@ -114,7 +126,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let server = Server::new(config);
+    let server = Server::try_new(config)?;
     // Tests and scripts wait for this line to learn the port.
     println!(
         "roomcast listening on http://{addr} (chat page at /, WebSocket at /ws, API at /api/)"

@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value};
 
-use crate::broker::{Broker, EnvelopeSink, MemoryBroker};
+mod select;
+
+pub use select::Selection;
+
+use crate::broker::{Broker, EnvelopeSink, Health, MemoryBroker, MetricSample};
 use crate::error::*;
 use crate::id::ConnIdGen;
 use crate::presence::{
@@ -168,6 +172,17 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
+/// A hub reference that does not keep the hub alive; see [`Hub::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakHub(std::sync::Weak<Inner>);
+
+impl WeakHub {
+    /// The hub, unless it is gone.
+    pub fn upgrade(&self) -> Option<Hub> {
+        self.0.upgrade().map(|inner| Hub { inner })
+    }
+}
+
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
@@ -198,6 +213,18 @@ impl EnvelopeSink for Receiver {
                 hub.deliver_local(&payload);
             }
         }
+    }
+
+    fn has_room(&self, room: &str) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| inner.rooms.read(room, |m| m.contains_key(room)))
+    }
+
+    fn has_user(&self, user: &str) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| inner.users.read(user, |m| m.contains_key(user)))
     }
 }
 
@@ -308,6 +335,11 @@ impl Hub {
             .broker
             .attach(node, Arc::new(Receiver(Arc::downgrade(&inner))));
         Hub { inner }
+    }
+
+    /// A reference for backends that must reach the hub without keeping it alive.
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub(Arc::downgrade(&self.inner))
     }
 
     /// This node's id.
@@ -439,9 +471,7 @@ impl Hub {
             .conns
             .write(&state.id, |m| m.insert(state.id, state.clone()));
         if let Some(u) = &user {
-            inner
-                .users
-                .write(u, |m| m.entry(u.clone()).or_default().push(state.clone()));
+            self.index_user(u, &state).await;
         }
         inner
             .metrics
@@ -458,6 +488,59 @@ impl Hub {
             return Err(e.into());
         }
         Ok(conn)
+    }
+
+    /// Adds a connection to the user index; the node's first connection of the
+    /// user subscribes the node to the user's envelopes.
+    async fn index_user(&self, user: &Arc<str>, state: &Arc<ConnState>) {
+        let first = self.index_user_now(user, state);
+        self.user_indexed(user, first).await;
+    }
+
+    fn index_user_now(&self, user: &Arc<str>, state: &Arc<ConnState>) -> bool {
+        self.inner.users.write(user, |m| {
+            let list = m.entry(user.clone()).or_default();
+            list.push(state.clone());
+            list.len() == 1
+        })
+    }
+
+    async fn user_indexed(&self, user: &str, first: bool) {
+        if first {
+            if let Err(e) = self
+                .inner
+                .broker
+                .subscribe_user(self.inner.node, user)
+                .await
+            {
+                self.backend_error(&e);
+            }
+        }
+    }
+
+    /// Removes a connection from the user index; see [`index_user`](Hub::index_user).
+    async fn unindex_user(&self, user: &Arc<str>, id: ConnId) {
+        let last = self.inner.users.write(user, |m| {
+            let Some(list) = m.get_mut(user) else {
+                return false;
+            };
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                m.remove(user);
+                return true;
+            }
+            false
+        });
+        if last {
+            if let Err(e) = self
+                .inner
+                .broker
+                .unsubscribe_user(self.inner.node, user)
+                .await
+            {
+                self.backend_error(&e);
+            }
+        }
     }
 
     fn member_of(&self, c: &ConnState) -> Member {
@@ -871,6 +954,29 @@ impl Hub {
         Ok(self.inner.presence.user(user).await?)
     }
 
+    /// The live nodes of the cluster, as the presence store knows them.
+    pub async fn nodes(&self) -> Result<Vec<crate::presence::NodeInfo>, QueryError> {
+        Ok(self.inner.presence.nodes().await?)
+    }
+
+    /// Tells the other nodes of the cluster where this node serves HTTP (`host:port`).
+    pub fn advertise(&self, address: &str) {
+        self.inner.presence.advertise(address);
+    }
+
+    /// How the broker and the presence store are doing; the first problem wins.
+    pub fn backend_health(&self) -> Health {
+        match self.inner.broker.health() {
+            Health::Ok => self.inner.presence.health(),
+            bad => bad,
+        }
+    }
+
+    /// The broker's own metrics.
+    pub fn backend_metrics(&self) -> Vec<MetricSample> {
+        self.inner.broker.metrics()
+    }
+
     /// Totals, on every node.
     pub async fn stats(&self) -> Result<PresenceStats, QueryError> {
         Ok(self.inner.presence.stats().await?)
@@ -976,7 +1082,7 @@ impl Connection {
             return Err(AuthError::InvalidUser);
         }
         let user: Arc<str> = Arc::from(user);
-        {
+        let first = {
             let mut meta = self.state.meta();
             if meta.closed {
                 return Err(AuthError::Closed);
@@ -988,10 +1094,9 @@ impl Connection {
                 return Err(AuthError::AfterJoin);
             }
             meta.user = Some(user.clone());
-            self.hub.inner.users.write(&user, |m| {
-                m.entry(user.clone()).or_default().push(self.state.clone())
-            });
-        }
+            self.hub.index_user_now(&user, &self.state)
+        };
+        self.hub.user_indexed(&user, first).await;
         self.hub.inner.presence.connect(&self.member()).await?;
         Ok(())
     }
@@ -1080,14 +1185,7 @@ async fn cleanup(hub: Hub, state: Arc<ConnState>) {
     }
     inner.conns.write(&state.id, |m| m.remove(&state.id));
     if let Some(u) = &user {
-        inner.users.write(u, |m| {
-            if let Some(list) = m.get_mut(u) {
-                list.retain(|c| c.id != state.id);
-                if list.is_empty() {
-                    m.remove(u);
-                }
-            }
-        });
+        hub.unindex_user(u, state.id).await;
     }
     for room in rooms {
         let _ = hub.leave_locally(state.id, &room, user.clone(), None).await;

@@ -71,11 +71,11 @@ use std::pin::Pin;
 
 pub use disconnect::Disconnect;
 pub use frame::Frame;
-pub use hub::{ConnInfo, Connection, Hub, HubConfig, HubMetrics};
+pub use hub::{ConnInfo, Connection, Hub, HubConfig, HubMetrics, Selection, WeakHub};
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{
-    Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Sender, StreamPosition,
-    Target, Who,
+    Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Route, Sender,
+    StreamPosition, Target, Who,
 };
 pub use outbox::{Outbox, PushError};
 pub use protocol::Protocol;

@@ -55,6 +55,10 @@ pub struct Publication {
     pub exclude: Option<ConnId>,
     /// Its position in the room's history, for rooms that keep one.
     pub position: Option<StreamPosition>,
+    /// `data` is a JSON array holding several arguments (an event from a
+    /// Socket.IO emitter): Socket.IO spreads them, the native protocol sends
+    /// the array.
+    pub spread: bool,
 }
 
 impl Publication {
@@ -67,6 +71,7 @@ impl Publication {
             from: None,
             exclude: None,
             position: None,
+            spread: false,
         }
     }
 
@@ -173,7 +178,42 @@ pub struct Envelope {
     pub payload: Payload,
 }
 
+/// Which nodes need an envelope; see [`Envelope::route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Nodes with members in the room.
+    Room(&'a str),
+    /// Nodes with connections of the user.
+    User(&'a str),
+    /// The one node holding the connection.
+    Node(NodeId),
+    /// Every node.
+    All,
+}
+
 impl Envelope {
+    /// The narrowest set of nodes that need the envelope.
+    pub fn route(&self) -> Route<'_> {
+        match &self.payload {
+            Payload::Publication(p) => match &p.target {
+                Target::Room(r) => Route::Room(r),
+                Target::User(u) => Route::User(u),
+                Target::Conn(c) => Route::Node(c.node()),
+                Target::All => Route::All,
+            },
+            Payload::Presence(e) => Route::Room(&e.room),
+            Payload::Command(c) => match c {
+                Command::Join { who, .. }
+                | Command::Leave { who, .. }
+                | Command::Disconnect { who, .. } => match who {
+                    Who::User(u) => Route::User(u),
+                    Who::Conn(c) => Route::Node(c.node()),
+                },
+                Command::CloseRoom { room } => Route::Room(room),
+            },
+        }
+    }
+
     /// The room a broker may use to route the envelope only to nodes with members in it.
     pub fn room(&self) -> Option<&str> {
         match &self.payload {

@@ -15,4 +15,11 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// A notice that the server put the connection into (`joined`) or took it out of a room.
     fn encode_membership(&self, room: &str, joined: bool) -> Option<Frame>;
+
+    /// The Socket.IO namespace the connection belongs to; `None` for protocols
+    /// without namespaces, which count as the default namespace `/`. Used to
+    /// scope what Socket.IO emitters send.
+    fn namespace(&self) -> Option<&str> {
+        None
+    }
 }

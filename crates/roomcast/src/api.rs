@@ -306,6 +306,20 @@ async fn leave(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RoomBody {
+    room: Option<String>,
+}
+
+async fn close_room(
+    State(s): State<Server>,
+    Body(b): Body<RoomBody>,
+) -> Result<Json<Value>, ApiError> {
+    let n = s.hub().close_room(&required("room", b.room)?).await?;
+    Ok(Json(json!({ "left": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DisconnectBody {
     user: Option<String>,
     conn: Option<String>,
@@ -380,6 +394,15 @@ async fn connection(
 async fn stats(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
     let hub = s.hub();
     let t = hub.stats().await?;
+    let mut nodes = hub.nodes().await?;
+    if nodes.is_empty() {
+        nodes.push(roomcast_core::presence::NodeInfo {
+            node: hub.node().to_string(),
+            connections: hub.local_connections(),
+            last_seen_ms: 0,
+            address: None,
+        });
+    }
     Ok(Json(json!({
         "connections": t.connections,
         "users": t.users,
@@ -389,6 +412,7 @@ async fn stats(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
             "connections": hub.local_connections(),
             "rooms": hub.local_rooms(),
         },
+        "nodes": nodes,
     })))
 }
 
@@ -400,7 +424,14 @@ async fn healthz(State(s): State<Server>) -> Response {
         )
             .into_response();
     }
-    Json(json!({"status": "ok"})).into_response()
+    match s.hub().backend_health() {
+        roomcast_core::broker::Health::Ok => Json(json!({"status": "ok"})).into_response(),
+        // Local delivery still works: a degraded node keeps serving, so the
+        // answer is 200 and load balancers keep it; monitoring reads the body.
+        roomcast_core::broker::Health::Degraded(why) => {
+            Json(json!({"status": "degraded", "reason": why})).into_response()
+        }
+    }
 }
 
 async fn metrics(State(s): State<Server>) -> Response {
@@ -460,6 +491,7 @@ pub(crate) fn routes(server: &Server) -> Router<Server> {
         .route("/send", post(send))
         .route("/join", post(join))
         .route("/leave", post(leave))
+        .route("/close_room", post(close_room))
         .route("/disconnect", post(disconnect))
         .route("/presence/{room}", get(presence))
         .route("/rooms", get(rooms))

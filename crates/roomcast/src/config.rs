@@ -34,6 +34,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Socket.IO clients.
     pub socketio: SocketIoSettings,
+    /// How nodes of a cluster reach each other, and Socket.IO emitters on Redis.
+    pub broker: BrokerConfig,
     /// Per-room rules, first match wins; rooms no rule matches get the defaults.
     pub rooms: Vec<RoomRule>,
 }
@@ -50,6 +52,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             shutdown: ShutdownConfig::default(),
             socketio: SocketIoSettings::default(),
+            broker: BrokerConfig::default(),
             rooms: Vec::new(),
         }
     }
@@ -251,6 +254,98 @@ impl Default for SocketIoSettings {
     }
 }
 
+/// `[broker]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Empty for the in-memory broker (one node), or `redis://[user:password@]host:port/db`
+    /// to make this node part of a cluster. Default: empty.
+    pub url: String,
+    /// Prefix of every Redis key and channel roomcast uses. Default: `roomcast`.
+    pub prefix: String,
+    /// How often the node refreshes its heartbeat in Redis, in milliseconds. Default: 2000.
+    pub heartbeat_ms: u64,
+    /// A node silent for this long is dead and its presence is removed, in
+    /// milliseconds. Default: 10000.
+    pub node_ttl_ms: u64,
+    /// Socket.IO emitters to accept, comma-separated: `python-socketio`,
+    /// `socket.io`. Needs a Redis `url`. Default: none.
+    pub emitters: String,
+    /// The channel python-socketio's `RedisManager` publishes on. Default: `socketio`.
+    pub python_socketio_channel: String,
+    /// The key prefix of Node's `@socket.io/redis-emitter`. Default: `socket.io`.
+    pub socket_io_prefix: String,
+    /// `host:port` where the other nodes reach this node's HTTP port, to forward
+    /// Socket.IO long-polling requests for its sessions. Default: empty, the
+    /// listen address (when it is not `0.0.0.0` or `[::]`).
+    pub advertise: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: String::new(),
+            prefix: "roomcast".to_owned(),
+            heartbeat_ms: 2_000,
+            node_ttl_ms: 10_000,
+            emitters: String::new(),
+            python_socketio_channel: "socketio".to_owned(),
+            socket_io_prefix: "socket.io".to_owned(),
+            advertise: String::new(),
+        }
+    }
+}
+
+/// The emitter names `broker.emitters` accepts.
+pub const EMITTERS: [&str; 2] = ["python-socketio", "socket.io"];
+
+impl BrokerConfig {
+    /// The emitters turned on, validated.
+    pub fn emitter_list(&self) -> Result<Vec<&str>, String> {
+        let list: Vec<&str> = self
+            .emitters
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        for e in &list {
+            if !EMITTERS.contains(e) {
+                return Err(format!(
+                    "broker.emitters: unknown emitter {e:?} (known: {})",
+                    EMITTERS.join(", ")
+                ));
+            }
+        }
+        Ok(list)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let emitters = self.emitter_list()?;
+        if self.url.is_empty() {
+            if !emitters.is_empty() {
+                return Err("broker.emitters needs a Redis broker.url".to_owned());
+            }
+            return Ok(());
+        }
+        if !self.url.starts_with("redis://") && !self.url.starts_with("redis+unix://") {
+            return Err(format!(
+                "broker.url must be empty or a redis:// URL, got {:?}",
+                self.url
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['#', '*', '?', '[']) {
+            return Err("broker.prefix must be non-empty and free of # * ? [".to_owned());
+        }
+        if self.heartbeat_ms == 0 || self.node_ttl_ms < 2 * self.heartbeat_ms {
+            return Err(
+                "broker.heartbeat_ms must be positive and broker.node_ttl_ms at least twice it"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// The hub's part of the configuration.
     pub fn hub_config(&self) -> HubConfig {
@@ -288,6 +383,7 @@ impl Config {
                 return Err(format!("{key} must be greater than 0"));
             }
         }
+        self.broker.validate()?;
         let sio = &self.socketio;
         if !sio.path.starts_with('/') {
             return Err("socketio.path must start with /".to_owned());

@@ -45,6 +45,7 @@
 
 mod api;
 pub mod auth;
+mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod native;
@@ -56,4 +57,4 @@ pub use api::ApiError;
 pub use config::Config;
 pub use roomcast_core;
 pub use roomcast_socketio;
-pub use server::Server;
+pub use server::{Server, StartError};

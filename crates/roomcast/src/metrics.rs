@@ -171,5 +171,30 @@ pub fn render(hub: &Hub, server: &ServerMetrics) -> String {
     {
         let _ = writeln!(out, "roomcast_disconnects_total{{code=\"{code}\"}} {n}");
     }
+    let healthy = matches!(hub.backend_health(), roomcast_core::broker::Health::Ok);
+    metric(
+        &mut out,
+        "roomcast_backend_up",
+        "gauge",
+        "1 while the broker and presence store are reachable (always 1 in memory).",
+        healthy as u64,
+    );
+    // Backend metrics; samples of one name (with different labels) share one header.
+    let mut last = "";
+    for m in hub.backend_metrics() {
+        if m.name != last {
+            let _ = writeln!(
+                out,
+                "# HELP {} {}\n# TYPE {} {}",
+                m.name, m.help, m.name, m.kind
+            );
+            last = m.name;
+        }
+        if m.labels.is_empty() {
+            let _ = writeln!(out, "{} {}", m.name, m.value);
+        } else {
+            let _ = writeln!(out, "{}{{{}}} {}", m.name, m.labels, m.value);
+        }
+    }
     out
 }

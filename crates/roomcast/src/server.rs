@@ -46,11 +46,65 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// The server could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis broker could not be set up.
+    #[error(transparent)]
+    Redis(#[from] roomcast_redis::StartError),
+}
+
 impl Server {
-    /// A server with an in-memory hub built from `config`.
+    /// A server built from `config`: an in-memory hub, or one on the Redis
+    /// broker of `config.broker` (then it must be called inside a Tokio runtime).
+    ///
+    /// # Panics
+    /// If the Redis URL does not parse; [`Config::validate`] checks it, and
+    /// [`try_new`](Server::try_new) returns the error instead.
     pub fn new(config: Config) -> Server {
-        let hub = Hub::new(config.hub_config());
-        Server::with_hub(config, hub)
+        Server::try_new(config).expect("invalid broker configuration")
+    }
+
+    /// Like [`new`](Server::new), returning configuration errors.
+    pub fn try_new(config: Config) -> Result<Server, StartError> {
+        let b = &config.broker;
+        if b.url.is_empty() {
+            let hub = Hub::new(config.hub_config());
+            return Ok(Server::with_hub(config, hub));
+        }
+        let mut rc = roomcast_redis::RedisConfig::new(&b.url);
+        rc.prefix = b.prefix.clone();
+        rc.heartbeat = Duration::from_millis(b.heartbeat_ms);
+        rc.node_ttl = Duration::from_millis(b.node_ttl_ms);
+        let redis = roomcast_redis::Redis::start(rc)?;
+        let hub = Hub::with_backends(
+            config.hub_config(),
+            Arc::new(redis.broker()),
+            Arc::new(redis.presence()),
+        );
+        let emitters = b.emitter_list().unwrap_or_default();
+        if !emitters.is_empty() {
+            let on = |name: &str, value: &String| emitters.contains(&name).then(|| value.clone());
+            redis.enable_emitters(
+                &hub,
+                roomcast_redis::emitter::EmitterConfig {
+                    python_socketio: on("python-socketio", &b.python_socketio_channel),
+                    socket_io: on("socket.io", &b.socket_io_prefix),
+                    limits: Default::default(),
+                },
+            );
+        }
+        tracing::info!(url = %b.url, node = %hub.node(), emitters = %b.emitters, "using the redis broker");
+        let server = Server::with_hub(config, hub);
+        if let Some(io) = server.socketio() {
+            let c = &server.inner.config.socketio;
+            let timeout = Duration::from_millis(c.ping_interval_ms + c.ping_timeout_ms + 10_000);
+            let forwarder =
+                crate::cluster::Forwarder::new(server.hub().clone(), timeout, c.max_payload_bytes);
+            io.engine()
+                .set_forwarder(&server.hub().node().to_string(), Arc::new(forwarder));
+        }
+        Ok(server)
     }
 
     /// A server around an existing hub (for example one with a Redis broker).
@@ -71,6 +125,23 @@ impl Server {
                 metrics: ServerMetrics::default(),
                 tasks: TaskTracker::new(),
             }),
+        }
+    }
+
+    /// Tells the cluster where this node serves HTTP: `broker.advertise`, or
+    /// the listener's address when it is a specific one.
+    fn advertise(&self, listener: &TcpListener) {
+        let configured = &self.inner.config.broker.advertise;
+        if !configured.is_empty() {
+            self.hub().advertise(configured);
+        } else if let Ok(addr) = listener.local_addr() {
+            if addr.ip().is_unspecified() {
+                if !self.inner.config.broker.url.is_empty() {
+                    tracing::warn!(%addr, "listening on every interface: set broker.advertise so other nodes can forward long-polling requests here");
+                }
+            } else {
+                self.hub().advertise(&addr.to_string());
+            }
         }
     }
 
@@ -123,6 +194,7 @@ impl Server {
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.advertise(&listener);
         let hub = self.hub().clone();
         let signalled = async move {
             shutdown.await;

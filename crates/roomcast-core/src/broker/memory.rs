@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Broker, BrokerError, EnvelopeSink};
-use crate::{BoxFuture, Envelope, NodeId};
+use crate::{BoxFuture, Envelope, NodeId, Route};
 
 struct Node {
     id: NodeId,
@@ -54,13 +54,14 @@ impl Broker for MemoryBroker {
             nodes
                 .iter()
                 .filter(|n| n.id != envelope.origin)
-                .filter(|n| match envelope.room() {
-                    Some(room) => n
+                .filter(|n| match envelope.route() {
+                    Route::Room(room) => n
                         .rooms
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .contains(room),
-                    None => true,
+                    Route::Node(id) => n.id == id,
+                    Route::User(_) | Route::All => true,
                 })
                 .map(|n| n.sink.clone())
                 .collect()

@@ -23,6 +23,46 @@ pub struct BrokerError(pub String);
 pub trait EnvelopeSink: Send + Sync + 'static {
     /// An envelope from another node.
     fn receive(&self, envelope: Envelope);
+
+    /// Whether the node has members in `room` right now. A broker that
+    /// subscribes asynchronously asks this when it acts on
+    /// [`subscribe_room`](Broker::subscribe_room) or
+    /// [`unsubscribe_room`](Broker::unsubscribe_room), so that racing calls
+    /// settle on the hub's current state rather than on their arrival order.
+    fn has_room(&self, room: &str) -> bool {
+        let _ = room;
+        true
+    }
+
+    /// Whether the node has connections of `user` right now; see [`has_room`](EnvelopeSink::has_room).
+    fn has_user(&self, user: &str) -> bool {
+        let _ = user;
+        true
+    }
+}
+
+/// How a backend is doing, for `/healthz` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Working.
+    Ok,
+    /// Unreachable or failing; local delivery goes on. The string says why.
+    Degraded(String),
+}
+
+/// One metric a backend exports (Prometheus text format).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    /// The metric name, `roomcast_` prefixed.
+    pub name: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// The help text.
+    pub help: &'static str,
+    /// Labels, already formatted: `kind="python-socketio"`, or empty.
+    pub labels: String,
+    /// The value.
+    pub value: u64,
 }
 
 /// The cross-node backplane; see the module docs.
@@ -38,6 +78,30 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The node has no members left in `room`.
     fn unsubscribe_room(&self, node: NodeId, room: &str) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// The node now has connections of `user`: deliver envelopes for that user
+    /// to it. Brokers that do not route by user (the default) send user
+    /// envelopes to every node.
+    fn subscribe_user(&self, node: NodeId, user: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = (node, user);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The node has no connection of `user` left.
+    fn unsubscribe_user(&self, node: NodeId, user: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = (node, user);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether the broker can reach the other nodes.
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
+    /// The broker's own metrics.
+    fn metrics(&self) -> Vec<MetricSample> {
+        Vec::new()
+    }
 }
 
 /// The shared test suite every [`Broker`] implementation must pass.
@@ -50,13 +114,24 @@ pub mod suite {
     use super::*;
     use crate::{Payload, PresenceEvent, PresenceKind, Publication, Target};
 
+    /// Records what it receives; `rooms` and `users` play the hub's index.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Envelope>>, tokio::sync::Notify);
+    struct Recorder(
+        Mutex<Vec<Envelope>>,
+        tokio::sync::Notify,
+        Mutex<std::collections::HashSet<String>>,
+    );
 
     impl EnvelopeSink for Recorder {
         fn receive(&self, envelope: Envelope) {
             self.0.lock().unwrap().push(envelope);
             self.1.notify_one();
+        }
+        fn has_room(&self, room: &str) -> bool {
+            self.2.lock().unwrap().contains(&format!("r:{room}"))
+        }
+        fn has_user(&self, user: &str) -> bool {
+            self.2.lock().unwrap().contains(&format!("u:{user}"))
         }
     }
 
@@ -81,6 +156,24 @@ pub mod suite {
         fn len(&self) -> usize {
             self.0.lock().unwrap().len()
         }
+        fn set(&self, key: String, on: bool) {
+            let mut s = self.2.lock().unwrap();
+            if on {
+                s.insert(key);
+            } else {
+                s.remove(&key);
+            }
+        }
+    }
+
+    async fn sub<B: Broker>(b: &B, rec: &Recorder, node: NodeId, room: &str) {
+        rec.set(format!("r:{room}"), true);
+        b.subscribe_room(node, room).await.unwrap();
+    }
+
+    async fn unsub<B: Broker>(b: &B, rec: &Recorder, node: NodeId, room: &str) {
+        rec.set(format!("r:{room}"), false);
+        b.unsubscribe_room(node, room).await.unwrap();
     }
 
     fn room_pub(room: &str, event: &str) -> Envelope {
@@ -96,6 +189,60 @@ pub mod suite {
     pub async fn run<B: Broker>(make: impl Fn() -> Arc<B>) {
         routes_rooms_only_to_subscribed_nodes(&make).await;
         never_returns_an_envelope_to_its_origin(&make).await;
+        routes_users_and_connections(&make).await;
+    }
+
+    /// User envelopes reach the nodes with that user once; connection envelopes
+    /// and commands reach the connection's node once.
+    async fn routes_users_and_connections<B: Broker>(make: &impl Fn() -> Arc<B>) {
+        let (a, b, c) = (make(), make(), make());
+        let (na, nb, nc) = (
+            NodeId(0x0100_0021),
+            NodeId(0x0100_0022),
+            NodeId(0x0100_0023),
+        );
+        let (rb, rc) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        a.attach(na, Arc::new(Recorder::default()));
+        b.attach(nb, rb.clone());
+        c.attach(nc, rc.clone());
+        rb.set("u:ann".into(), true);
+        b.subscribe_user(nb, "ann").await.unwrap();
+        let on_c = crate::ConnId((0x23u64 << 40) | 7);
+        assert_eq!(on_c.node(), nc);
+        let publication = |target| Envelope {
+            origin: na,
+            payload: Payload::Publication(Arc::new(Publication::json(target, "e", &1).unwrap())),
+        };
+        a.publish(publication(Target::User("ann".into())))
+            .await
+            .unwrap();
+        a.publish(publication(Target::Conn(on_c))).await.unwrap();
+        a.publish(Envelope {
+            origin: na,
+            payload: Payload::Command(crate::Command::Disconnect {
+                who: crate::Who::Conn(on_c),
+                reason: crate::Disconnect::BY_SERVER,
+            }),
+        })
+        .await
+        .unwrap();
+        a.publish(publication(Target::All)).await.unwrap();
+        let got_b = rb.wait_for(2).await;
+        let got_c = rc.wait_for(3).await;
+        let is_user = |e: &Envelope| matches!(&e.payload, Payload::Publication(p) if p.target == Target::User("ann".into()));
+        let is_conn = |e: &Envelope| match &e.payload {
+            Payload::Publication(p) => p.target == Target::Conn(on_c),
+            Payload::Command(_) => true,
+            _ => false,
+        };
+        assert_eq!(got_b.iter().filter(|e| is_user(e)).count(), 1);
+        assert_eq!(got_b.iter().filter(|e| is_conn(e)).count(), 0);
+        assert_eq!(got_c.iter().filter(|e| is_conn(e)).count(), 2);
+        assert_eq!(
+            rb.len(),
+            2,
+            "node b got more than the user envelope and the broadcast"
+        );
     }
 
     async fn routes_rooms_only_to_subscribed_nodes<B: Broker>(make: &impl Fn() -> Arc<B>) {
@@ -109,8 +256,8 @@ pub mod suite {
         a.attach(na, Arc::new(Recorder::default()));
         b.attach(nb, rb.clone());
         c.attach(nc, rc.clone());
-        b.subscribe_room(nb, "r1").await.unwrap();
-        c.subscribe_room(nc, "r2").await.unwrap();
+        sub(&*b, &rb, nb, "r1").await;
+        sub(&*c, &rc, nc, "r2").await;
         a.publish(room_pub("r1", "one")).await.unwrap();
         a.publish(room_pub("r2", "two")).await.unwrap();
         let presence = Envelope {
@@ -140,7 +287,7 @@ pub mod suite {
         rc.wait_for(2).await;
         assert_eq!(rb.len(), 3);
         assert_eq!(rc.len(), 2);
-        b.unsubscribe_room(nb, "r1").await.unwrap();
+        unsub(&*b, &rb, nb, "r1").await;
         a.publish(room_pub("r1", "after")).await.unwrap();
         a.publish(Envelope {
             origin: na,
@@ -161,8 +308,8 @@ pub mod suite {
         let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
         a.attach(na, ra.clone());
         b.attach(nb, rb.clone());
-        a.subscribe_room(na, "x").await.unwrap();
-        b.subscribe_room(nb, "x").await.unwrap();
+        sub(&*a, &ra, na, "x").await;
+        sub(&*b, &rb, nb, "x").await;
         let mut env = room_pub("x", "e");
         env.origin = na;
         a.publish(env).await.unwrap();

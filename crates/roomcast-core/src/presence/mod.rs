@@ -113,6 +113,19 @@ pub struct PresenceStats {
     pub rooms: usize,
 }
 
+/// A node of the cluster, as the presence store last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    /// The node id.
+    pub node: String,
+    /// Its open connections at its last heartbeat.
+    pub connections: usize,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
+    /// Where other nodes reach its HTTP endpoints (`host:port`), if it said.
+    pub address: Option<String>,
+}
+
 /// The presence seam; see the module docs.
 pub trait PresenceStore: Send + Sync + 'static {
     /// A connection opened (or took a user id).
@@ -141,6 +154,18 @@ pub trait PresenceStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Option<ConnPresence>, PresenceError>>;
     /// Totals.
     fn stats(&self) -> BoxFuture<'_, Result<PresenceStats, PresenceError>>;
+    /// The live nodes of the cluster; empty for a store that has only this node.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, PresenceError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Tells the other nodes where this node's HTTP endpoints are (`host:port`).
+    fn advertise(&self, address: &str) {
+        let _ = address;
+    }
+    /// Whether the store is reachable.
+    fn health(&self) -> crate::broker::Health {
+        crate::broker::Health::Ok
+    }
 }
 
 /// The shared test suite every [`PresenceStore`] implementation must pass.

@@ -202,6 +202,24 @@ impl Session {
     }
 }
 
+/// Serves requests for sessions that another process owns: a node of a
+/// cluster forwards a long-polling request to the node holding the session,
+/// so a load balancer needs no sticky sessions.
+pub trait SessionForwarder: Send + Sync + 'static {
+    /// `sid` is not a session of this server. Returns the owner's response,
+    /// or gives the request back when no other process owns the session.
+    fn forward(
+        &self,
+        sid: &str,
+        request: Request,
+    ) -> roomcast_core::BoxFuture<'static, Result<Response, Request>>;
+}
+
+struct Forwarding {
+    sid_prefix: String,
+    forwarder: Arc<dyn SessionForwarder>,
+}
+
 /// An Engine.IO server: its sessions and the route that serves them.
 pub struct EngineIo {
     me: Weak<EngineIo>,
@@ -209,6 +227,7 @@ pub struct EngineIo {
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     handler: Arc<dyn EngineHandler>,
     tasks: TaskTracker,
+    forwarding: std::sync::OnceLock<Forwarding>,
 }
 
 impl std::fmt::Debug for EngineIo {
@@ -299,7 +318,18 @@ impl EngineIo {
             sessions: RwLock::new(HashMap::new()),
             handler,
             tasks: TaskTracker::new(),
+            forwarding: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts every new session id with `sid_prefix` (which names this
+    /// process to the others) and hands requests for unknown sessions to
+    /// `forwarder`. Call once, before serving; later calls are ignored.
+    pub fn set_forwarder(&self, sid_prefix: &str, forwarder: Arc<dyn SessionForwarder>) {
+        let _ = self.forwarding.set(Forwarding {
+            sid_prefix: sid_prefix.to_owned(),
+            forwarder,
+        });
     }
 
     fn self_ref(&self) -> Arc<EngineIo> {
@@ -407,8 +437,9 @@ impl EngineIo {
     }
 
     fn open_session(self: &Arc<Self>, headers: HeaderMap, websocket: bool) -> Arc<Session> {
+        let prefix = self.forwarding.get().map_or("", |f| f.sid_prefix.as_str());
         let session = Arc::new(Session {
-            sid: random_sid(),
+            sid: format!("{prefix}{}", random_sid()),
             outbox: Arc::new(Outbox::new(self.config.max_queue_bytes)),
             state: Mutex::new(TransportState {
                 websocket,
@@ -837,7 +868,23 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
         None => None,
         Some(sid) => match eio.session(sid) {
             Some(s) if eio.check_pong(&s) => Some(s),
-            _ => return EioError::SessionUnknown.response(cors),
+            Some(_) => return EioError::SessionUnknown.response(cors),
+            None => {
+                // Long-polling for a session another node owns. (A WebSocket
+                // upgrade of such a session is refused: the client stays on
+                // long-polling, which Engine.IO clients handle.)
+                let Some(f) = eio.forwarding.get().filter(|_| !websocket) else {
+                    return EioError::SessionUnknown.response(cors);
+                };
+                return match f
+                    .forwarder
+                    .forward(sid, Request::from_parts(parts, body))
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(_) => EioError::SessionUnknown.response(cors),
+                };
+            }
         },
     };
     if websocket {

@@ -154,6 +154,7 @@ struct NamespaceProtocol {
 }
 
 impl NamespaceProtocol {
+    /// `data` is zero or more comma-separated JSON values: the arguments.
     fn frame(&self, event: &str, data: &str) -> Frame {
         let mut s = String::with_capacity(event.len() + data.len() + self.nsp.len() + 12);
         s.push_str("42");
@@ -163,8 +164,10 @@ impl NamespaceProtocol {
         }
         s.push('[');
         s.push_str(&Value::String(event.to_owned()).to_string());
-        s.push(',');
-        s.push_str(data);
+        if !data.is_empty() {
+            s.push(',');
+            s.push_str(data);
+        }
         s.push(']');
         Frame::text(s)
     }
@@ -172,7 +175,18 @@ impl NamespaceProtocol {
 
 impl Protocol for NamespaceProtocol {
     fn encode_publication(&self, p: &Publication) -> Frame {
-        self.frame(&p.event, p.data.get())
+        let data = p.data.get();
+        if p.spread {
+            // `data` is a JSON array of arguments: `["ev",a,b]` rather than `["ev",[a,b]]`.
+            if let Some(inner) = data.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+                return self.frame(&p.event, inner.trim());
+            }
+        }
+        self.frame(&p.event, data)
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        Some(&self.nsp)
     }
 
     fn encode_presence(&self, e: &PresenceEvent) -> Option<Frame> {
@@ -621,7 +635,9 @@ async fn connect(
         }
     };
     let socket = Socket(Arc::new(SocketInner {
-        id: engineio_sid(),
+        // The socket id is the hub connection id: emitters and the HTTP API
+        // that name a socket reach it on whichever node it is.
+        id: conn.id().to_string(),
         nsp: ns.name.clone(),
         hub_conn_id: conn.id(),
         conn: Mutex::new(Some(Arc::new(conn))),
@@ -672,14 +688,6 @@ async fn connect(
             socket.release().await;
         }
     }
-}
-
-fn engineio_sid() -> String {
-    // Socket ids look like Engine.IO sids but are distinct from them.
-    use base64::Engine as _;
-    let mut bytes = [0u8; 15];
-    let _ = getrandom::fill(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 struct SocketInner {

@@ -1,0 +1,413 @@
+//! The Redis broker: envelopes travel on pub/sub channels named after what
+//! they target, and a node subscribes only to the channels its connections
+//! need.
+//!
+//! | channel | carries | subscribed by |
+//! |---|---|---|
+//! | `<prefix>:room:<room>` | room publications, presence events, room close | nodes with members in the room |
+//! | `<prefix>:user:<user>` | user sends, join/leave/disconnect by user | nodes with connections of the user |
+//! | `<prefix>:node:<node>` | anything for one connection | that node |
+//! | `<prefix>:all` | broadcasts | every node |
+//!
+//! One task per node owns the subscriber connection. Subscription changes go
+//! through it in order; it asks the hub whether it still needs a room or user
+//! when it acts, so racing joins and leaves settle on the hub's current state.
+//! After a reconnect it subscribes to everything again.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use roomcast_core::broker::{Broker, BrokerError, EnvelopeSink, Health, MetricSample};
+use roomcast_core::{BoxFuture, Envelope, NodeId, Route};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{wire, Shared};
+
+/// What a node may need to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Topic {
+    Room(String),
+    User(String),
+}
+
+/// A request to bring one topic's subscription in line with the hub.
+pub(crate) struct SubRequest {
+    topic: Topic,
+    done: oneshot::Sender<Result<(), BrokerError>>,
+}
+
+/// Routes envelopes between nodes over Redis pub/sub; see the module docs.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+impl RedisBroker {
+    pub(crate) fn new(shared: Arc<Shared>) -> RedisBroker {
+        RedisBroker { shared }
+    }
+
+    fn channel(&self, route: Route<'_>) -> String {
+        let p = &self.shared.config.prefix;
+        match route {
+            Route::Room(r) => format!("{p}:room:{r}"),
+            Route::User(u) => format!("{p}:user:{u}"),
+            Route::Node(n) => format!("{p}:node:{n}"),
+            Route::All => format!("{p}:all"),
+        }
+    }
+
+    fn sync(&self, topic: Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let (done, rx) = oneshot::channel();
+        let sent = self.shared.requests.send(SubRequest { topic, done });
+        Box::pin(async move {
+            sent.map_err(|_| BrokerError("redis subscriber stopped".into()))?;
+            rx.await
+                .map_err(|_| BrokerError("redis subscriber stopped".into()))?
+        })
+    }
+}
+
+fn topic_channel(prefix: &str, topic: &Topic) -> String {
+    match topic {
+        Topic::Room(r) => format!("{prefix}:room:{r}"),
+        Topic::User(u) => format!("{prefix}:user:{u}"),
+    }
+}
+
+impl Broker for RedisBroker {
+    fn attach(&self, node: NodeId, sink: Arc<dyn EnvelopeSink>) {
+        let _ = self.shared.node.set(node);
+        let _ = self.shared.sink.set(sink);
+        self.shared.attached.notify_one();
+    }
+
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let channel = self.channel(envelope.route());
+        let bytes = wire::encode(&envelope);
+        Box::pin(async move {
+            let mut conn = self.shared.conn().map_err(BrokerError)?;
+            let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(bytes)
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(_) => {
+                    self.shared
+                        .metrics
+                        .published
+                        .fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.shared.failed(&e);
+                    Err(BrokerError(e.to_string()))
+                }
+            }
+        })
+    }
+
+    fn subscribe_room(&self, _: NodeId, room: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.sync(Topic::Room(room.to_owned()))
+    }
+
+    fn unsubscribe_room(&self, _: NodeId, room: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.sync(Topic::Room(room.to_owned()))
+    }
+
+    fn subscribe_user(&self, _: NodeId, user: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.sync(Topic::User(user.to_owned()))
+    }
+
+    fn unsubscribe_user(&self, _: NodeId, user: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.sync(Topic::User(user.to_owned()))
+    }
+
+    fn health(&self) -> Health {
+        if self.shared.connected.load(Ordering::Acquire) {
+            Health::Ok
+        } else {
+            let why = self
+                .shared
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            Health::Degraded(format!("redis: {why}"))
+        }
+    }
+
+    fn metrics(&self) -> Vec<MetricSample> {
+        let m = &self.shared.metrics;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let sample = |name, kind, help, value| MetricSample {
+            name,
+            kind,
+            help,
+            labels: String::new(),
+            value,
+        };
+        let mut out = vec![
+            sample(
+                "roomcast_redis_connected",
+                "gauge",
+                "1 while the node's Redis subscriber connection is up.",
+                self.shared.connected.load(Ordering::Acquire) as u64,
+            ),
+            sample(
+                "roomcast_redis_reconnects_total",
+                "counter",
+                "Successful Redis (re)connections of the subscriber.",
+                get(&m.reconnects),
+            ),
+            sample(
+                "roomcast_redis_published_total",
+                "counter",
+                "Envelopes this node published to other nodes.",
+                get(&m.published),
+            ),
+            sample(
+                "roomcast_redis_received_total",
+                "counter",
+                "Envelopes received from other nodes.",
+                get(&m.received),
+            ),
+            sample(
+                "roomcast_redis_errors_total",
+                "counter",
+                "Failed Redis commands and connection attempts.",
+                get(&m.errors),
+            ),
+            sample(
+                "roomcast_redis_malformed_total",
+                "counter",
+                "Messages on roomcast's own channels that did not decode.",
+                get(&m.malformed),
+            ),
+            sample(
+                "roomcast_redis_reaped_connections_total",
+                "counter",
+                "Presence entries of dead nodes removed by this node.",
+                get(&m.reaped),
+            ),
+        ];
+        if let Some(bridge) = self.shared.emitters.get() {
+            out.extend(bridge.metrics());
+        }
+        out
+    }
+}
+
+/// Subscribes to `channels` in chunks, so that thousands of rooms do not make one huge command.
+async fn subscribe_all(
+    sink: &mut redis::aio::PubSubSink,
+    channels: &[String],
+    subscribe: bool,
+) -> redis::RedisResult<()> {
+    for chunk in channels.chunks(500) {
+        if subscribe {
+            sink.subscribe(chunk).await?;
+        } else {
+            sink.unsubscribe(chunk).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The subscriber task: connects, subscribes, hands envelopes to the hub and
+/// emitter messages to the bridges, reconnects with backoff.
+pub(crate) async fn subscriber(
+    shared: Arc<Shared>,
+    mut requests: mpsc::UnboundedReceiver<SubRequest>,
+) {
+    // Wait for the hub to attach: the node channel needs its id.
+    let (node, sink) = loop {
+        if let (Some(n), Some(s)) = (shared.node.get(), shared.sink.get()) {
+            break (*n, s.clone());
+        }
+        tokio::select! {
+            _ = shared.attached.notified() => {}
+            _ = shared.stop.cancelled() => return,
+        }
+    };
+    let prefix = shared.config.prefix.clone();
+    let fixed = vec![format!("{prefix}:all"), format!("{prefix}:node:{node}")];
+    let mut wanted: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    // Requests that arrived before the first connection: answered once it is up
+    // (or with an error after the command timeout).
+    let mut early: Vec<(tokio::time::Instant, SubRequest)> = Vec::new();
+    let mut ever_connected = false;
+    let ping_every = Duration::from_secs(1).max(shared.config.heartbeat / 2);
+    loop {
+        let connect = tokio::time::timeout(
+            shared.config.command_timeout,
+            shared.client.get_async_pubsub(),
+        );
+        let pubsub = tokio::select! {
+            r = connect => match r {
+                Ok(Ok(p)) => Some(p),
+                Ok(Err(e)) => { shared.failed(&e); None }
+                Err(_) => { shared.failed(&"connect timed out"); None }
+            },
+            _ = shared.stop.cancelled() => return,
+        };
+        let Some(pubsub) = pubsub else {
+            // Keep track of what the hub needs while Redis is away.
+            let until = tokio::time::Instant::now() + backoff;
+            loop {
+                let now = tokio::time::Instant::now();
+                let (expired, kept) = std::mem::take(&mut early)
+                    .into_iter()
+                    .partition(|(at, _)| now.duration_since(*at) >= shared.config.command_timeout);
+                early = kept;
+                for (_, req) in expired {
+                    let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    Some(req) = requests.recv() => {
+                        settle(&*sink, &prefix, &req.topic, &mut wanted);
+                        if ever_connected {
+                            let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
+                        } else {
+                            early.push((now, req));
+                        }
+                    }
+                    _ = shared.stop.cancelled() => return,
+                }
+            }
+            backoff = (backoff * 2).min(shared.config.max_backoff);
+            continue;
+        };
+        let (mut psink, mut stream) = pubsub.split();
+        let mut all: Vec<String> = fixed.clone();
+        all.extend(wanted.iter().cloned());
+        let mut ready = subscribe_all(&mut psink, &all, true).await;
+        if ready.is_ok() {
+            if let Some(bridge) = shared.emitters.get() {
+                ready = bridge.subscribe(&mut psink).await;
+            }
+        }
+        if let Err(e) = ready {
+            shared.failed(&e);
+            tracing::warn!(error = %e, "redis subscribe failed; reconnecting");
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        ever_connected = true;
+        for (_, req) in early.drain(..) {
+            let _ = req.done.send(Ok(()));
+        }
+        shared.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+        shared.connected.store(true, Ordering::Release);
+        shared.outage.store(false, Ordering::Release);
+        *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        shared.reconnected.notify_one();
+        tracing::info!(channels = all.len(), "redis subscriber connected");
+        let mut ping = tokio::time::interval(ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reason = loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => dispatch(&shared, node, &*sink, &prefix, &msg),
+                    None => break "connection closed".to_owned(),
+                },
+                Some(req) = requests.recv() => {
+                    let mut batch = vec![req];
+                    while let Ok(more) = requests.try_recv() {
+                        batch.push(more);
+                    }
+                    let (mut add, mut drop) = (Vec::new(), Vec::new());
+                    for req in &batch {
+                        let ch = topic_channel(&prefix, &req.topic);
+                        let had = wanted.contains(&ch);
+                        let want = settle(&*sink, &prefix, &req.topic, &mut wanted);
+                        if want && !had { add.push(ch) } else if !want && had { drop.push(ch) }
+                    }
+                    let mut r = subscribe_all(&mut psink, &add, true).await;
+                    if r.is_ok() {
+                        r = subscribe_all(&mut psink, &drop, false).await;
+                    }
+                    let failed = r.as_ref().err().map(|e| e.to_string());
+                    for req in batch {
+                        let _ = req.done.send(match &failed {
+                            None => Ok(()),
+                            Some(e) => Err(BrokerError(e.clone())),
+                        });
+                    }
+                    if let Some(e) = failed {
+                        break e;
+                    }
+                }
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(shared.config.command_timeout, psink.ping::<redis::Value>()).await;
+                    match pong {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break "ping timed out".to_owned(),
+                    }
+                }
+                _ = shared.stop.cancelled() => return,
+            }
+        };
+        shared.connected.store(false, Ordering::Release);
+        shared.outage.store(true, Ordering::Release);
+        shared.failed(&reason);
+        tracing::warn!(%reason, "redis subscriber lost its connection; local delivery goes on, reconnecting");
+    }
+}
+
+/// Records whether the hub needs `topic` now; returns that.
+fn settle(
+    sink: &dyn EnvelopeSink,
+    prefix: &str,
+    topic: &Topic,
+    wanted: &mut HashSet<String>,
+) -> bool {
+    let want = match topic {
+        Topic::Room(r) => sink.has_room(r),
+        Topic::User(u) => sink.has_user(u),
+    };
+    let ch = topic_channel(prefix, topic);
+    if want {
+        wanted.insert(ch);
+    } else {
+        wanted.remove(&ch);
+    }
+    want
+}
+
+fn dispatch(
+    shared: &Shared,
+    node: NodeId,
+    sink: &dyn EnvelopeSink,
+    prefix: &str,
+    msg: &redis::Msg,
+) {
+    let channel = msg.get_channel_name();
+    let own = channel
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with(':'));
+    if !own {
+        if let Some(bridge) = shared.emitters.get() {
+            bridge.handle(channel, msg.get_payload_bytes());
+        }
+        return;
+    }
+    match wire::decode(msg.get_payload_bytes()) {
+        Ok(env) if env.origin == node => {}
+        Ok(env) => {
+            shared.metrics.received.fetch_add(1, Ordering::Relaxed);
+            sink.receive(env);
+        }
+        Err(e) => {
+            shared.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%channel, error = %e, "malformed message on a roomcast channel");
+        }
+    }
+}

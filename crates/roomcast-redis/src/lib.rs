@@ -1,0 +1,229 @@
+//! Redis backends for roomcast clusters: a [`Broker`](roomcast_core::broker::Broker)
+//! that routes envelopes over Redis pub/sub, a
+//! [`PresenceStore`](roomcast_core::presence::PresenceStore) kept in Redis
+//! hashes and sets, and bridges that let existing Socket.IO emitters
+//! (python-socketio's `RedisManager`, Node's `@socket.io/redis-emitter`)
+//! publish to roomcast clients unchanged.
+//!
+//! # Layout
+//!
+//! - [`Redis`]: the shared client. One subscriber connection (a task that
+//!   reconnects with backoff and resubscribes) and one multiplexed command
+//!   connection serve both backends.
+//! - [`RedisBroker`] (`broker.rs`): channel per room, per user, per node, plus
+//!   one for broadcasts; a node subscribes only to what its connections need.
+//! - [`RedisPresence`] (`presence.rs`): cluster-wide presence kept by Lua
+//!   scripts; node heartbeats with a TTL, and reaping of dead nodes' entries.
+//! - `wire.rs`: the envelope encoding between nodes.
+//! - [`emitter`]: the emitter bridges and their decoders.
+//!
+//! ```no_run
+//! # async fn f() {
+//! use std::sync::Arc;
+//! use roomcast_core::{Hub, HubConfig};
+//! use roomcast_redis::{Redis, RedisConfig};
+//!
+//! let redis = Redis::start(RedisConfig::new("redis://127.0.0.1:6379/0")).unwrap();
+//! let hub = Hub::with_backends(HubConfig::default(), Arc::new(redis.broker()), Arc::new(redis.presence()));
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod broker;
+pub mod emitter;
+mod presence;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use roomcast_core::broker::EnvelopeSink;
+use roomcast_core::NodeId;
+
+pub use broker::RedisBroker;
+pub use presence::RedisPresence;
+
+/// Settings of the Redis backends. [`RedisConfig::new`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// Prefix of every key and channel roomcast uses. Default `roomcast`.
+    pub prefix: String,
+    /// How often a node refreshes its heartbeat. Default 2 s.
+    pub heartbeat: Duration,
+    /// A node whose heartbeat is older than this is dead: its presence entries
+    /// are removed by the other nodes. Default 10 s.
+    pub node_ttl: Duration,
+    /// How long one Redis command may take before it counts as failed. Default 2 s.
+    pub command_timeout: Duration,
+    /// The longest wait between reconnect attempts. Default 5 s.
+    pub max_backoff: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults, with `url`.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            prefix: "roomcast".into(),
+            heartbeat: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Redis backends could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The URL does not parse.
+    #[error("invalid redis url: {0}")]
+    Url(#[source] redis::RedisError),
+}
+
+/// Counters of the Redis backends, exported as metrics.
+#[derive(Debug, Default)]
+pub(crate) struct RedisMetrics {
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) reaped: AtomicU64,
+}
+
+/// State shared by the broker, the presence store and the subscriber task.
+pub(crate) struct Shared {
+    pub(crate) config: RedisConfig,
+    pub(crate) client: redis::Client,
+    pub(crate) commands: redis::aio::ConnectionManager,
+    /// Whether the subscriber connection is up.
+    pub(crate) connected: AtomicBool,
+    /// The connection was up and went down: commands fail fast until it is
+    /// back. (Before the first connection they are tried, so that a node
+    /// starting together with Redis does not refuse its first requests.)
+    pub(crate) outage: AtomicBool,
+    /// Why the last connection attempt failed, for `/healthz`.
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) node: OnceLock<NodeId>,
+    pub(crate) sink: OnceLock<Arc<dyn EnvelopeSink>>,
+    pub(crate) attached: tokio::sync::Notify,
+    /// Wakes the presence store after a reconnect: it re-registers the node.
+    pub(crate) reconnected: tokio::sync::Notify,
+    pub(crate) metrics: RedisMetrics,
+    pub(crate) emitters: OnceLock<emitter::Bridge>,
+    pub(crate) stop: tokio_util::sync::CancellationToken,
+    /// Subscription changes, for the subscriber task.
+    pub(crate) requests: tokio::sync::mpsc::UnboundedSender<broker::SubRequest>,
+}
+
+impl Shared {
+    pub(crate) fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.config.prefix)
+    }
+
+    pub(crate) fn failed(&self, e: &dyn std::fmt::Display) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
+    /// The command connection, or an error at once while Redis is unreachable.
+    pub(crate) fn conn(&self) -> Result<redis::aio::ConnectionManager, String> {
+        if self.outage.load(Ordering::Acquire) {
+            Err("redis unavailable".to_owned())
+        } else {
+            Ok(self.commands.clone())
+        }
+    }
+}
+
+/// A handle on the Redis backends of one node; cheap to clone. Dropping every
+/// handle (and the hub holding the backends) stops the background tasks.
+#[derive(Clone)]
+pub struct Redis {
+    shared: Arc<Shared>,
+    presence: Arc<presence::State>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.shared.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Starts the backends: the subscriber task connects (and keeps
+    /// reconnecting) in the background, so a node starts even while Redis is
+    /// down and reports itself degraded until it connects. Must be called
+    /// inside a Tokio runtime.
+    pub fn start(config: RedisConfig) -> Result<Redis, StartError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(StartError::Url)?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(config.max_backoff);
+        let commands =
+            redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                .map_err(StartError::Url)?;
+        let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config,
+            client,
+            commands,
+            connected: AtomicBool::new(false),
+            outage: AtomicBool::new(false),
+            last_error: Mutex::new(Some("not connected yet".into())),
+            node: OnceLock::new(),
+            sink: OnceLock::new(),
+            attached: tokio::sync::Notify::new(),
+            reconnected: tokio::sync::Notify::new(),
+            metrics: RedisMetrics::default(),
+            emitters: OnceLock::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            requests,
+        });
+        tokio::spawn(broker::subscriber(shared.clone(), rx));
+        let presence = presence::State::start(shared.clone());
+        Ok(Redis { shared, presence })
+    }
+
+    /// The broker, for [`Hub::with_backends`](roomcast_core::Hub::with_backends).
+    pub fn broker(&self) -> RedisBroker {
+        RedisBroker::new(self.shared.clone())
+    }
+
+    /// The presence store, for [`Hub::with_backends`](roomcast_core::Hub::with_backends).
+    pub fn presence(&self) -> RedisPresence {
+        RedisPresence::new(self.presence.clone())
+    }
+
+    /// Turns on the Socket.IO emitter bridges: messages on their channels are
+    /// applied to `hub`'s local connections. Call once, before or after the
+    /// first connection to Redis.
+    pub fn enable_emitters(&self, hub: &roomcast_core::Hub, config: emitter::EmitterConfig) {
+        let _ = self
+            .shared
+            .emitters
+            .set(emitter::Bridge::new(hub.downgrade(), config));
+    }
+
+    /// Whether the subscriber connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Stops the background tasks (the hub's shutdown does not: a draining
+    /// node keeps its cluster links until it exits).
+    pub fn stop(&self) {
+        self.shared.stop.cancel();
+    }
+}
