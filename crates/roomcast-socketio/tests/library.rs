@@ -191,6 +191,29 @@ async fn rooms_except_sender_close_room_data_and_server_disconnect() {
 }
 
 #[tokio::test]
+async fn a_socket_id_is_a_room_holding_that_socket() {
+    let io = io();
+    io.ns("/", |socket, _| async move {
+        socket.on("dm", |socket, p, _| async move {
+            let to = p.first().as_str().unwrap_or_default().to_owned();
+            socket.to_room(&to, "dm", &"psst").await.unwrap();
+        });
+        Ok(())
+    });
+    let addr = serve(&io).await;
+    let (mut a, _) = Sio::connect(addr, "/", json!({})).await;
+    let (mut b, _) = Sio::connect(addr, "/", json!({})).await;
+    let (mut c, _) = Sio::connect(addr, "/", json!({})).await;
+    a.send(&format!(r#"42["dm","{}"]"#, b.sid)).await;
+    assert_eq!(b.event().await, ("dm".to_owned(), json!("psst")));
+    io.emit_to_room(&c.sid, "direct", &1).await.unwrap();
+    assert_eq!(c.event().await, ("direct".to_owned(), json!(1)));
+    // a got nothing in between: its next event is this one.
+    io.emit_to_room(&a.sid, "fence", &0).await.unwrap();
+    assert_eq!(a.event().await, ("fence".to_owned(), json!(0)));
+}
+
+#[tokio::test]
 async fn dynamic_namespaces_and_room_emits_from_outside_handlers() {
     let io = io();
     io.dynamic_ns(

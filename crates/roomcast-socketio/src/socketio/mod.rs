@@ -314,7 +314,7 @@ impl SocketIo {
         event: &str,
         data: &T,
     ) -> Result<usize, PublishError> {
-        let p = publication(Target::Room(room.to_owned()), event, data)?;
+        let p = publication(room_target(room), event, data)?;
         self.inner.hub.publish(p).await
     }
 
@@ -690,6 +690,15 @@ async fn connect(
     }
 }
 
+/// Where an emit "to a room" goes: as in Socket.IO, a socket id is a room
+/// holding just that socket (on whichever node it is).
+fn room_target(room: &str) -> Target {
+    match room.parse::<roomcast_core::ConnId>() {
+        Ok(id) => Target::Conn(id),
+        Err(_) => Target::Room(room.to_owned()),
+    }
+}
+
 struct SocketInner {
     id: String,
     nsp: String,
@@ -973,7 +982,7 @@ impl Socket {
         event: &str,
         data: &T,
     ) -> Result<usize, PublishError> {
-        let mut p = publication(Target::Room(room.to_owned()), event, data)?;
+        let mut p = publication(room_target(room), event, data)?;
         p.exclude = Some(self.conn_id());
         self.publish_as_self(p).await
     }
@@ -985,7 +994,7 @@ impl Socket {
         event: &str,
         data: &T,
     ) -> Result<usize, PublishError> {
-        let p = publication(Target::Room(room.to_owned()), event, data)?;
+        let p = publication(room_target(room), event, data)?;
         self.publish_as_self(p).await
     }
 
