@@ -33,10 +33,11 @@ pub(crate) enum Topic {
     User(String),
 }
 
-/// A request to bring one topic's subscription in line with the hub.
+/// A request to bring one topic's subscription in line with the hub, or
+/// (`None`) to subscribe to the emitter channels, turned on after the start.
 pub(crate) struct SubRequest {
-    topic: Topic,
-    done: oneshot::Sender<Result<(), BrokerError>>,
+    pub(crate) topic: Option<Topic>,
+    pub(crate) done: oneshot::Sender<Result<(), BrokerError>>,
 }
 
 /// Routes envelopes between nodes over Redis pub/sub; see the module docs.
@@ -61,7 +62,10 @@ impl RedisBroker {
 
     fn sync(&self, topic: Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
         let (done, rx) = oneshot::channel();
-        let sent = self.shared.requests.send(SubRequest { topic, done });
+        let sent = self.shared.requests.send(SubRequest {
+            topic: Some(topic),
+            done,
+        });
         Box::pin(async move {
             sent.map_err(|_| BrokerError("redis subscriber stopped".into()))?;
             rx.await
@@ -271,7 +275,9 @@ pub(crate) async fn subscriber(
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
                     Some(req) = requests.recv() => {
-                        settle(&*sink, &prefix, &req.topic, &mut wanted);
+                        if let Some(topic) = &req.topic {
+                            settle(&*sink, &prefix, topic, &mut wanted);
+                        }
                         if ever_connected {
                             let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
                         } else {
@@ -323,15 +329,23 @@ pub(crate) async fn subscriber(
                         batch.push(more);
                     }
                     let (mut add, mut drop) = (Vec::new(), Vec::new());
+                    let mut emitters = false;
                     for req in &batch {
-                        let ch = topic_channel(&prefix, &req.topic);
+                        let Some(topic) = &req.topic else {
+                            emitters = true;
+                            continue;
+                        };
+                        let ch = topic_channel(&prefix, topic);
                         let had = wanted.contains(&ch);
-                        let want = settle(&*sink, &prefix, &req.topic, &mut wanted);
+                        let want = settle(&*sink, &prefix, topic, &mut wanted);
                         if want && !had { add.push(ch) } else if !want && had { drop.push(ch) }
                     }
                     let mut r = subscribe_all(&mut psink, &add, true).await;
                     if r.is_ok() {
                         r = subscribe_all(&mut psink, &drop, false).await;
+                    }
+                    if let (true, Ok(()), Some(bridge)) = (emitters, &r, shared.emitters.get()) {
+                        r = bridge.subscribe(&mut psink).await;
                     }
                     let failed = r.as_ref().err().map(|e| e.to_string());
                     for req in batch {

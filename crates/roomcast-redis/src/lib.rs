@@ -210,10 +210,15 @@ impl Redis {
     /// applied to `hub`'s local connections. Call once, before or after the
     /// first connection to Redis.
     pub fn enable_emitters(&self, hub: &roomcast_core::Hub, config: emitter::EmitterConfig) {
-        let _ = self
-            .shared
-            .emitters
-            .set(emitter::Bridge::new(hub.downgrade(), config));
+        let bridge = emitter::Bridge::new(hub.downgrade(), config);
+        if self.shared.emitters.set(bridge).is_ok() {
+            // The subscriber may be connected already: have it subscribe now.
+            let (done, _) = tokio::sync::oneshot::channel();
+            let _ = self
+                .shared
+                .requests
+                .send(broker::SubRequest { topic: None, done });
+        }
     }
 
     /// Whether the subscriber connection is up.
