@@ -104,7 +104,8 @@ pub struct Limits {
     /// many times. Default 1 MiB.
     pub max_bytes: usize,
     /// The deepest nesting of arrays, maps, lists, tuples, dicts and sets,
-    /// counting the message's own top-level container as 1. Default 64.
+    /// counting the message's own top-level container as 1. Default 64. The
+    /// decoders recurse this deep, so keep it in the hundreds at most.
     pub max_depth: usize,
     /// The most values (scalars and containers alike) one message may decode
     /// to; also caps the pickle machine's stack and memo. Default 100 000.
@@ -166,7 +167,10 @@ pub(crate) fn too_many(limits: &Limits) -> DecodeError {
 ///   argument lists, as a current python-socketio server reads them too.
 ///
 /// `room` and `skip_sid` are a name or a list of names; integer names become
-/// their decimal text (roomcast rooms are strings).
+/// their decimal text (roomcast rooms are strings). An empty `room` list is
+/// malformed (python-socketio fails on it) rather than read as "everyone".
+/// `NaN` and `Infinity`, which Python's `json.dumps` writes for non-finite
+/// floats, are not JSON: such a message is malformed.
 pub fn python_socketio(bytes: &[u8], limits: &Limits) -> Result<EmitterCommand, DecodeError> {
     check_size(bytes, limits)?;
     if bytes.first() == Some(&0x80) {
