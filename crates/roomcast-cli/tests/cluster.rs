@@ -462,3 +462,34 @@ async fn long_polling_needs_no_sticky_sessions() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// A node started while Redis is down serves its own clients at once and
+/// joins the cluster when Redis appears.
+#[tokio::test]
+async fn a_node_starts_without_redis_and_joins_it_later() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let a = Node::start(&redis.url()).await;
+    let h = a.until("/healthz", |h| h["status"] == "degraded").await;
+    assert!(h["reason"].as_str().unwrap().contains("redis"), "{h}");
+    let mut x = Client::connect(&a, "x").await;
+    let mut y = Client::connect(&a, "y").await;
+    x.join("r").await;
+    y.join("r").await;
+    let e = x
+        .answer(json!({"type": "publish", "room": "r", "event": "local"}))
+        .await;
+    assert_eq!(e["code"], "backend_unavailable", "{e}");
+    y.expect_events(&["local"]).await;
+
+    redis.restart();
+    a.until("/healthz", |h| h["status"] == "ok").await;
+    a.until("/api/presence/r", |p| p["connections"] == 2).await;
+    let b = Node::start(&redis.url()).await;
+    let mut z = Client::connect(&b, "z").await;
+    z.join("r").await;
+    z.call(json!({"type": "publish", "room": "r", "event": "hello"}))
+        .await;
+    x.expect_events(&["local", "hello"]).await;
+    y.expect_events(&["hello"]).await;
+}

@@ -242,10 +242,6 @@ pub(crate) async fn subscriber(
     let fixed = vec![format!("{prefix}:all"), format!("{prefix}:node:{node}")];
     let mut wanted: HashSet<String> = HashSet::new();
     let mut backoff = Duration::from_millis(100);
-    // Requests that arrived before the first connection: answered once it is up
-    // (or with an error after the command timeout).
-    let mut early: Vec<(tokio::time::Instant, SubRequest)> = Vec::new();
-    let mut ever_connected = false;
     let ping_every = Duration::from_secs(1).max(shared.config.heartbeat / 2);
     loop {
         let connect = tokio::time::timeout(
@@ -261,28 +257,18 @@ pub(crate) async fn subscriber(
             _ = shared.stop.cancelled() => return,
         };
         let Some(pubsub) = pubsub else {
+            // Commands fail fast from now on instead of waiting for Redis.
+            shared.outage.store(true, Ordering::Release);
             // Keep track of what the hub needs while Redis is away.
             let until = tokio::time::Instant::now() + backoff;
             loop {
-                let now = tokio::time::Instant::now();
-                let (expired, kept) = std::mem::take(&mut early)
-                    .into_iter()
-                    .partition(|(at, _)| now.duration_since(*at) >= shared.config.command_timeout);
-                early = kept;
-                for (_, req) in expired {
-                    let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
-                }
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
                     Some(req) = requests.recv() => {
                         if let Some(topic) = &req.topic {
                             settle(&*sink, &prefix, topic, &mut wanted);
                         }
-                        if ever_connected {
-                            let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
-                        } else {
-                            early.push((now, req));
-                        }
+                        let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
                     }
                     _ = shared.stop.cancelled() => return,
                 }
@@ -302,13 +288,14 @@ pub(crate) async fn subscriber(
         if let Err(e) = ready {
             shared.failed(&e);
             tracing::warn!(error = %e, "redis subscribe failed; reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shared.stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(shared.config.max_backoff);
             continue;
         }
         backoff = Duration::from_millis(100);
-        ever_connected = true;
-        for (_, req) in early.drain(..) {
-            let _ = req.done.send(Ok(()));
-        }
         shared.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
         shared.connected.store(true, Ordering::Release);
         shared.outage.store(false, Ordering::Release);
