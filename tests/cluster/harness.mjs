@@ -46,9 +46,11 @@ process.on('exit', () => {
 
 /** Spawns `bin args`, remembering the last lines of its output for error messages. */
 function launch(bin, args, env = {}) {
+  // ROOMCAST_BIN is this harness's setting, not the server's (it would warn about it).
+  const { ROOMCAST_BIN: _, ...inherited } = process.env;
   const child = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1', ...env },
+    env: { ...inherited, NO_COLOR: '1', ...env },
   });
   children.add(child);
   const output = [];
@@ -285,6 +287,7 @@ export async function sioClient(url, { user = token('sio'), nsp = '/' } = {}) {
   const client = {
     kind: 'sio',
     user,
+    nsp,
     socket,
     inbox: new Inbox(`socket.io client ${user}`),
     disconnects: new Inbox(`socket.io client ${user} disconnects`),

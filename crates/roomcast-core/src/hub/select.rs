@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{ConnState, EncodeCache, Hub, Tally};
-use crate::{Command, ConnId, Disconnect, Payload, Publication, Who};
+use crate::{ConnId, Disconnect, Payload, Publication};
 
 /// Which local connections an action applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -113,20 +113,5 @@ impl Hub {
             .iter()
             .filter(|c| c.outbox.close(reason.clone()))
             .count()
-    }
-
-    /// Takes every local member out of `room`.
-    pub async fn close_room_locally(&self, room: &str) -> usize {
-        self.apply_command_locally(&Command::CloseRoom {
-            room: room.to_owned(),
-        })
-        .await
-    }
-
-    /// Disconnects one local connection; false if it is not on this node.
-    pub fn disconnect_local(&self, conn: ConnId, reason: Disconnect) -> bool {
-        self.local_matches(&Who::Conn(conn))
-            .iter()
-            .any(|c| c.outbox.close(reason.clone()))
     }
 }

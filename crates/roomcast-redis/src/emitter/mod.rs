@@ -185,8 +185,8 @@ async fn apply_loop(
                     tracing::debug!(emitter, connections = n, "applied an emitter message");
                 }
                 Err(e) => {
-                    counts.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(emitter, error = %e, "emitter message refused");
+                    counts.unsupported.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(emitter, error = %e, "emitter message refused; ignored");
                 }
             },
             Err(DecodeError::Unsupported(what)) => {
@@ -209,8 +209,35 @@ fn selection(s: Selector) -> Selection {
     }
 }
 
-/// Applies one command to the hub's local connections; returns how many it touched.
+/// Refuses room names roomcast does not accept (rather than silently reaching nobody).
+fn check_rooms<'a>(
+    hub: &roomcast_core::Hub,
+    rooms: impl IntoIterator<Item = &'a String>,
+) -> Result<(), String> {
+    let max = hub.config().max_room_name_bytes;
+    for room in rooms {
+        roomcast_core::room::validate_room_name(room, max)
+            .map_err(|e| format!("room {room:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Applies one command to the hub's local connections; returns how many it
+/// touched. An error means the command was refused and changed nothing.
 async fn apply(hub: &roomcast_core::Hub, cmd: EmitterCommand) -> Result<usize, String> {
+    match &cmd {
+        EmitterCommand::Emit { selector, .. } | EmitterCommand::Disconnect { selector, .. } => {
+            check_rooms(hub, selector.rooms.iter().chain(&selector.except))?
+        }
+        EmitterCommand::Join { selector, rooms } | EmitterCommand::Leave { selector, rooms } => {
+            check_rooms(
+                hub,
+                selector.rooms.iter().chain(&selector.except).chain(rooms),
+            )?
+        }
+        EmitterCommand::CloseRoom { room, .. } => check_rooms(hub, [room])?,
+        EmitterCommand::ServerSideEmit { .. } => {}
+    }
     Ok(match cmd {
         EmitterCommand::Emit {
             selector,
@@ -240,7 +267,15 @@ async fn apply(hub: &roomcast_core::Hub, cmd: EmitterCommand) -> Result<usize, S
         EmitterCommand::Disconnect { selector, .. } => {
             hub.disconnect_selected(&selection(selector), Disconnect::BY_SERVER)
         }
-        EmitterCommand::CloseRoom { room, .. } => hub.close_room_locally(&room).await,
+        EmitterCommand::CloseRoom { namespace, room } => {
+            // The room's members of that namespace leave it.
+            let selection = Selection {
+                namespace: Some(namespace),
+                rooms: vec![room.clone()],
+                except: Vec::new(),
+            };
+            hub.leave_selected(&selection, &[room]).await
+        }
         EmitterCommand::ServerSideEmit { namespace, args } => {
             tracing::info!(%namespace, args = args.len(), "serverSideEmit from an emitter; roomcast has no server-side handlers for it");
             0
