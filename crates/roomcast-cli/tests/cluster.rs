@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use roomcast_redis::testing::RedisServer;
+use roomcast_redis::testing::{RedisCluster, RedisServer};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -21,9 +21,14 @@ struct Node {
 impl Node {
     /// Starts a node on `redis` with fast heartbeats (200 ms, dead after 1 s).
     async fn start(redis: &str) -> Node {
+        Node::start_with(redis, &[]).await
+    }
+
+    async fn start_with(redis: &str, env: &[(&str, &str)]) -> Node {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--broker", redis])
+            .envs(env.iter().copied())
             .env("ROOMCAST_BROKER_HEARTBEAT_MS", "200")
             .env("ROOMCAST_BROKER_NODE_TTL_MS", "1000")
             .env("ROOMCAST_LOG", "warn")
@@ -492,4 +497,39 @@ async fn a_node_starts_without_redis_and_joins_it_later() {
         .await;
     x.expect_events(&["local", "hello"]).await;
     y.expect_events(&["hello"]).await;
+}
+
+/// Nodes on a three-shard Redis Cluster: sharded pub/sub between them,
+/// presence on one shard, a dead node reaped.
+#[tokio::test]
+async fn nodes_on_a_redis_cluster() {
+    let redis = RedisCluster::start(3);
+    let env = [("ROOMCAST_BROKER_CLUSTER", "true")];
+    let a = Node::start_with(&redis.url(), &env).await;
+    let mut b = Node::start_with(&redis.url(), &env).await;
+    let mut ann = Client::connect(&a, "ann").await;
+    let mut ben = Client::connect(&b, "ben").await;
+    for room in ["r1", "r2", "r3"] {
+        ann.join(room).await;
+        ben.join(room).await;
+    }
+    for room in ["r1", "r2", "r3"] {
+        ann.call(json!({"type": "publish", "room": room, "event": room}))
+            .await;
+    }
+    b.api("send", json!({"user": "ann", "event": "dm"})).await;
+    ben.expect_events(&["r1", "r2", "r3"]).await;
+    ann.expect_events(&["r1", "r2", "r3", "dm"]).await;
+    let p = b.get("/api/presence/r2").await;
+    assert_eq!(p["connections"], 2, "{p}");
+    a.until("/api/stats", |s| {
+        s["nodes"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+
+    b.child.start_kill().unwrap();
+    b.child.wait().await.unwrap();
+    assert_eq!(ann.presence_of("ben").await["event"], "leave");
+    let p = a.until("/api/presence/r1", |p| p["connections"] == 1).await;
+    assert_eq!(p["users"], json!([{"user": "ann", "connections": 1}]));
 }

@@ -24,7 +24,7 @@ use roomcast_core::broker::{Broker, BrokerError, EnvelopeSink, Health, MetricSam
 use roomcast_core::{BoxFuture, Envelope, NodeId, Route};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{wire, Shared};
+use crate::{wire, Shared, Topology};
 
 /// What a node may need to subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,12 +51,12 @@ impl RedisBroker {
     }
 
     fn channel(&self, route: Route<'_>) -> String {
-        let p = &self.shared.config.prefix;
+        let s = &self.shared;
         match route {
-            Route::Room(r) => format!("{p}:room:{r}"),
-            Route::User(u) => format!("{p}:user:{u}"),
-            Route::Node(n) => format!("{p}:node:{n}"),
-            Route::All => format!("{p}:all"),
+            Route::Room(r) => s.channel(&format!("room:{r}")),
+            Route::User(u) => s.channel(&format!("user:{u}")),
+            Route::Node(n) => s.channel(&format!("node:{n}")),
+            Route::All => s.channel("all"),
         }
     }
 
@@ -74,7 +74,7 @@ impl RedisBroker {
     }
 }
 
-fn topic_channel(prefix: &str, topic: &Topic) -> String {
+pub(crate) fn topic_channel(prefix: &str, topic: &Topic) -> String {
     match topic {
         Topic::Room(r) => format!("{prefix}:room:{r}"),
         Topic::User(u) => format!("{prefix}:user:{u}"),
@@ -93,7 +93,7 @@ impl Broker for RedisBroker {
         let bytes = wire::encode(&envelope);
         Box::pin(async move {
             let mut conn = self.shared.conn().map_err(BrokerError)?;
-            let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            let r: redis::RedisResult<i64> = redis::cmd(self.shared.publish_cmd())
                 .arg(&channel)
                 .arg(bytes)
                 .query_async(&mut conn)
@@ -224,30 +224,76 @@ async fn subscribe_all(
 
 /// The subscriber task: connects, subscribes, hands envelopes to the hub and
 /// emitter messages to the bridges, reconnects with backoff.
-pub(crate) async fn subscriber(
-    shared: Arc<Shared>,
-    mut requests: mpsc::UnboundedReceiver<SubRequest>,
-) {
-    // Wait for the hub to attach: the node channel needs its id.
-    let (node, sink) = loop {
+pub(crate) async fn subscriber(shared: Arc<Shared>, requests: mpsc::UnboundedReceiver<SubRequest>) {
+    match &shared.topology {
+        Topology::Single(client) => {
+            let client = client.clone();
+            single_subscriber(shared, client, requests).await
+        }
+        Topology::Cluster(client, pushes) => {
+            let client = (**client).clone();
+            let pushes = pushes.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(pushes) = pushes {
+                crate::cluster::subscriber(shared, client, pushes, requests).await
+            }
+        }
+    }
+}
+
+/// Waits for the hub to attach: the node channel needs its id.
+pub(crate) async fn attached(shared: &Shared) -> Option<(NodeId, Arc<dyn EnvelopeSink>)> {
+    loop {
         if let (Some(n), Some(s)) = (shared.node.get(), shared.sink.get()) {
-            break (*n, s.clone());
+            return Some((*n, s.clone()));
         }
         tokio::select! {
             _ = shared.attached.notified() => {}
-            _ = shared.stop.cancelled() => return,
+            _ = shared.stop.cancelled() => return None,
         }
+    }
+}
+
+/// The channels a node always listens on: broadcasts and its own.
+pub(crate) fn fixed_channels(shared: &Shared, node: NodeId) -> Vec<String> {
+    vec![
+        shared.channel("all"),
+        shared.channel(&format!("node:{node}")),
+    ]
+}
+
+async fn subscribe_emitters(
+    shared: &Shared,
+    sink: &mut redis::aio::PubSubSink,
+) -> redis::RedisResult<()> {
+    let Some(bridge) = shared.emitters.get() else {
+        return Ok(());
+    };
+    let (channels, patterns) = bridge.channels();
+    for c in channels {
+        sink.subscribe(c).await?;
+    }
+    for p in patterns {
+        sink.psubscribe(p).await?;
+    }
+    Ok(())
+}
+
+async fn single_subscriber(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut requests: mpsc::UnboundedReceiver<SubRequest>,
+) {
+    let Some((node, sink)) = attached(&shared).await else {
+        return;
     };
     let prefix = shared.config.prefix.clone();
-    let fixed = vec![format!("{prefix}:all"), format!("{prefix}:node:{node}")];
+    let fixed = fixed_channels(&shared, node);
     let mut wanted: HashSet<String> = HashSet::new();
     let mut backoff = Duration::from_millis(100);
     let ping_every = Duration::from_secs(1).max(shared.config.heartbeat / 2);
     loop {
-        let connect = tokio::time::timeout(
-            shared.config.command_timeout,
-            shared.client.get_async_pubsub(),
-        );
+        let connect =
+            tokio::time::timeout(shared.config.command_timeout, client.get_async_pubsub());
         let pubsub = tokio::select! {
             r = connect => match r {
                 Ok(Ok(p)) => Some(p),
@@ -281,9 +327,7 @@ pub(crate) async fn subscriber(
         all.extend(wanted.iter().cloned());
         let mut ready = subscribe_all(&mut psink, &all, true).await;
         if ready.is_ok() {
-            if let Some(bridge) = shared.emitters.get() {
-                ready = bridge.subscribe(&mut psink).await;
-            }
+            ready = subscribe_emitters(&shared, &mut psink).await;
         }
         if let Err(e) = ready {
             shared.failed(&e);
@@ -297,7 +341,7 @@ pub(crate) async fn subscriber(
         }
         backoff = Duration::from_millis(100);
         shared.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
-        shared.connected.store(true, Ordering::Release);
+        shared.set_connected(true);
         shared.outage.store(false, Ordering::Release);
         *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         shared.reconnected.notify_one();
@@ -307,7 +351,7 @@ pub(crate) async fn subscriber(
         let reason = loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => dispatch(&shared, node, &*sink, &prefix, &msg),
+                    Some(msg) => dispatch(&shared, node, &*sink, msg.get_channel_name(), msg.get_payload_bytes()),
                     None => break "connection closed".to_owned(),
                 },
                 Some(req) = requests.recv() => {
@@ -331,8 +375,8 @@ pub(crate) async fn subscriber(
                     if r.is_ok() {
                         r = subscribe_all(&mut psink, &drop, false).await;
                     }
-                    if let (true, Ok(()), Some(bridge)) = (emitters, &r, shared.emitters.get()) {
-                        r = bridge.subscribe(&mut psink).await;
+                    if emitters && r.is_ok() {
+                        r = subscribe_emitters(&shared, &mut psink).await;
                     }
                     let failed = r.as_ref().err().map(|e| e.to_string());
                     for req in batch {
@@ -356,7 +400,7 @@ pub(crate) async fn subscriber(
                 _ = shared.stop.cancelled() => return,
             }
         };
-        shared.connected.store(false, Ordering::Release);
+        shared.set_connected(false);
         shared.outage.store(true, Ordering::Release);
         shared.failed(&reason);
         tracing::warn!(%reason, "redis subscriber lost its connection; local delivery goes on, reconnecting");
@@ -364,7 +408,7 @@ pub(crate) async fn subscriber(
 }
 
 /// Records whether the hub needs `topic` now; returns that.
-fn settle(
+pub(crate) fn settle(
     sink: &dyn EnvelopeSink,
     prefix: &str,
     topic: &Topic,
@@ -383,24 +427,24 @@ fn settle(
     want
 }
 
-fn dispatch(
+/// One message from Redis: an envelope from another node, or an emitter's.
+pub(crate) fn dispatch(
     shared: &Shared,
     node: NodeId,
     sink: &dyn EnvelopeSink,
-    prefix: &str,
-    msg: &redis::Msg,
+    channel: &str,
+    payload: &[u8],
 ) {
-    let channel = msg.get_channel_name();
     let own = channel
-        .strip_prefix(prefix)
+        .strip_prefix(shared.config.prefix.as_str())
         .is_some_and(|rest| rest.starts_with(':'));
     if !own {
         if let Some(bridge) = shared.emitters.get() {
-            bridge.handle(channel, msg.get_payload_bytes());
+            bridge.handle(channel, payload);
         }
         return;
     }
-    match wire::decode(msg.get_payload_bytes()) {
+    match wire::decode(payload) {
         Ok(env) if env.origin == node => {}
         Ok(env) => {
             shared.metrics.received.fetch_add(1, Ordering::Relaxed);

@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod broker;
+mod cluster;
 pub mod emitter;
 mod presence;
 #[cfg(feature = "testing")]
@@ -63,6 +64,10 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// The longest wait between reconnect attempts. Default 5 s.
     pub max_backoff: Duration,
+    /// `url` names a Redis Cluster (comma-separated seed URLs): envelopes use
+    /// sharded pub/sub (SPUBLISH/SSUBSCRIBE), presence keys share one hash slot.
+    /// Default false: one Redis server.
+    pub cluster: bool,
 }
 
 impl RedisConfig {
@@ -75,6 +80,7 @@ impl RedisConfig {
             node_ttl: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
+            cluster: false,
         }
     }
 }
@@ -98,13 +104,66 @@ pub(crate) struct RedisMetrics {
     pub(crate) reaped: AtomicU64,
 }
 
+/// The command connection: to one server, or to a cluster (routed by key).
+#[derive(Clone)]
+pub(crate) enum Commands {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Commands {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the node reaches Redis.
+pub(crate) enum Topology {
+    /// One server: a dedicated subscriber connection, a managed command connection.
+    Single(redis::Client),
+    /// A cluster: one connection (per shard, inside the client) for commands
+    /// and sharded subscriptions; pushes arrive on the receiver.
+    Cluster(
+        Box<redis::cluster::ClusterClient>,
+        Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>>>,
+    ),
+}
+
 /// State shared by the broker, the presence store and the subscriber task.
 pub(crate) struct Shared {
     pub(crate) config: RedisConfig,
-    pub(crate) client: redis::Client,
-    pub(crate) commands: redis::aio::ConnectionManager,
-    /// Whether the subscriber connection is up.
+    pub(crate) topology: Topology,
+    /// Set at the start (one server) or once the cluster answered.
+    pub(crate) commands: OnceLock<Commands>,
+    /// Whether the subscriber connection is up; change it with [`Shared::set_connected`].
     pub(crate) connected: AtomicBool,
+    /// The same, for waiters.
+    pub(crate) up: tokio::sync::watch::Sender<bool>,
     /// The connection was up and went down: commands fail fast until it is
     /// back. (Before the first connection they are tried, so that a node
     /// starting together with Redis does not refuse its first requests.)
@@ -124,8 +183,40 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Records whether the subscriber is up; returns what it was.
+    pub(crate) fn set_connected(&self, up: bool) -> bool {
+        let was = self.connected.swap(up, Ordering::AcqRel);
+        self.up.send_replace(up);
+        was
+    }
+
+    /// A presence key. In a cluster every key carries the hash tag `{prefix}`,
+    /// so that the presence scripts find all of them on one shard.
     pub(crate) fn key(&self, rest: &str) -> String {
+        if self.config.cluster {
+            format!("{{{}}}:{rest}", self.config.prefix)
+        } else {
+            format!("{}:{rest}", self.config.prefix)
+        }
+    }
+
+    /// The prefix of presence keys, for the scripts.
+    pub(crate) fn key_prefix(&self) -> String {
+        self.key("").trim_end_matches(':').to_owned()
+    }
+
+    /// A pub/sub channel (never hash-tagged: sharded channels spread over the shards).
+    pub(crate) fn channel(&self, rest: &str) -> String {
         format!("{}:{rest}", self.config.prefix)
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` in a cluster.
+    pub(crate) fn publish_cmd(&self) -> &'static str {
+        if self.config.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     pub(crate) fn failed(&self, e: &dyn std::fmt::Display) {
@@ -134,12 +225,14 @@ impl Shared {
     }
 
     /// The command connection, or an error at once while Redis is unreachable.
-    pub(crate) fn conn(&self) -> Result<redis::aio::ConnectionManager, String> {
+    pub(crate) fn conn(&self) -> Result<Commands, String> {
         if self.outage.load(Ordering::Acquire) {
-            Err("redis unavailable".to_owned())
-        } else {
-            Ok(self.commands.clone())
+            return Err("redis unavailable".to_owned());
         }
+        self.commands
+            .get()
+            .cloned()
+            .ok_or_else(|| "redis not connected yet".to_owned())
     }
 }
 
@@ -165,21 +258,39 @@ impl Redis {
     /// down and reports itself degraded until it connects. Must be called
     /// inside a Tokio runtime.
     pub fn start(config: RedisConfig) -> Result<Redis, StartError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(StartError::Url)?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(config.max_backoff);
-        let commands =
-            redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+        let commands = OnceLock::new();
+        let topology = if config.cluster {
+            let (push, rx) = tokio::sync::mpsc::unbounded_channel();
+            let seeds: Vec<&str> = config.url.split(',').map(str::trim).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(push)
+                .connection_timeout(config.command_timeout)
+                .response_timeout(config.command_timeout)
+                .retries(1)
+                .build()
                 .map_err(StartError::Url)?;
+            Topology::Cluster(Box::new(client), Mutex::new(Some(rx)))
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(StartError::Url)?;
+            let manager_config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.command_timeout))
+                .set_response_timeout(Some(config.command_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(config.max_backoff);
+            let manager =
+                redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                    .map_err(StartError::Url)?;
+            let _ = commands.set(Commands::Single(manager));
+            Topology::Single(client)
+        };
         let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config,
-            client,
+            topology,
             commands,
             connected: AtomicBool::new(false),
+            up: tokio::sync::watch::Sender::new(false),
             outage: AtomicBool::new(false),
             last_error: Mutex::new(Some("not connected yet".into())),
             node: OnceLock::new(),
@@ -219,6 +330,12 @@ impl Redis {
                 .requests
                 .send(broker::SubRequest { topic: None, done });
         }
+    }
+
+    /// Resolves once the subscriber connection is up (at once if it is).
+    pub async fn connected(&self) {
+        let mut rx = self.shared.up.subscribe();
+        let _ = rx.wait_for(|up| *up).await;
     }
 
     /// Whether the subscriber connection is up.

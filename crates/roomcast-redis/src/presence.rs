@@ -154,7 +154,9 @@ impl State {
     async fn op<T: redis::FromRedisValue>(&self, args: &[&str]) -> Result<T, PresenceError> {
         let mut conn = self.shared.conn().map_err(PresenceError)?;
         let mut inv = self.script.prepare_invoke();
-        inv.arg(&self.shared.config.prefix);
+        // The key only routes the script to the shard holding presence (in a cluster).
+        inv.key(self.shared.key("nodes"));
+        inv.arg(self.shared.key_prefix());
         for a in args {
             inv.arg(*a);
         }
@@ -329,11 +331,11 @@ impl State {
                 conn,
             }),
         };
-        let channel = self.shared.key(&format!("room:{room}"));
+        let channel = self.shared.channel(&format!("room:{room}"));
         let bytes = wire::encode(&env);
         sink.receive(env);
         if let Ok(mut c) = self.shared.conn() {
-            let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            let r: redis::RedisResult<i64> = redis::cmd(self.shared.publish_cmd())
                 .arg(channel)
                 .arg(bytes)
                 .query_async(&mut c)

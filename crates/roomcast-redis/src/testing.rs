@@ -1,5 +1,6 @@
-//! A real `redis-server` for tests: a child process on a free loopback port,
-//! with persistence off, killed when dropped.
+//! Real Redis for tests: a `redis-server` child process on a free loopback
+//! port, with persistence off, killed when dropped; or a Redis Cluster of
+//! several such processes.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -32,7 +33,12 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
         let child = Command::new(binary())
+            .args(extra)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -106,5 +112,104 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free port")
+        .port()
+}
+
+/// A Redis Cluster of `redis-server` child processes (masters only, no
+/// replicas), made with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) masters and waits until the cluster is ok.
+    pub fn start(n: usize) -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "roomcast-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut nodes = Vec::new();
+        for _ in 0..n.max(3) {
+            let mut s = RedisServer {
+                port: free_port(),
+                child: None,
+            };
+            let conf = dir.join(format!("nodes-{}.conf", s.port));
+            s.spawn_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf.to_string_lossy(),
+            ]);
+            nodes.push(s);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (package redis-tools) runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for s in &self.nodes {
+            loop {
+                let info = redis::Client::open(s.url())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the redis cluster did not become ok"
+                );
+                // Polling the cluster's state: there is no event to await.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The seed URLs, comma-separated (what `broker.url` takes with `broker.cluster`).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|s| s.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for s in &mut self.nodes {
+            s.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use roomcast_core::{broker, presence};
-use roomcast_redis::testing::RedisServer;
+use roomcast_redis::testing::{RedisCluster, RedisServer};
 use roomcast_redis::{Redis, RedisConfig};
 
 fn config(url: &str, prefix: &str) -> RedisConfig {
@@ -30,4 +30,54 @@ async fn redis_presence_passes_the_shared_suite() {
         Redis::start(config(&url, &prefix)).unwrap().presence()
     })
     .await;
+}
+
+fn cluster_config(url: &str, prefix: &str) -> RedisConfig {
+    let mut c = config(url, prefix);
+    c.cluster = true;
+    c
+}
+
+#[tokio::test]
+async fn redis_cluster_broker_passes_the_shared_suite() {
+    let cluster = RedisCluster::start(3);
+    let url = cluster.url();
+    broker::suite::run(|| {
+        Arc::new(
+            Redis::start(cluster_config(&url, "suite"))
+                .unwrap()
+                .broker(),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_cluster_presence_passes_the_shared_suite() {
+    let cluster = RedisCluster::start(3);
+    let url = cluster.url();
+    let n = AtomicUsize::new(0);
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let prefix = format!("p{}", n.fetch_add(1, Ordering::Relaxed));
+        let redis = Redis::start(cluster_config(&url, &prefix)).unwrap();
+        // A cluster connection is made by the node's subscriber, once a hub attaches.
+        let broker = redis.broker();
+        roomcast_core::broker::Broker::attach(
+            &broker,
+            roomcast_core::NodeId(0x0100_0100 + stores.len() as u32),
+            Arc::new(NoHub),
+        );
+        redis.connected().await;
+        stores.push(redis.presence());
+    }
+    let stores = std::sync::Mutex::new(stores);
+    presence::suite::run(|| stores.lock().unwrap().remove(0)).await;
+}
+
+/// A sink for a broker attached only so that its node connects.
+struct NoHub;
+
+impl roomcast_core::broker::EnvelopeSink for NoHub {
+    fn receive(&self, _: roomcast_core::Envelope) {}
 }

@@ -261,6 +261,9 @@ pub struct BrokerConfig {
     /// Empty for the in-memory broker (one node), or `redis://[user:password@]host:port/db`
     /// to make this node part of a cluster. Default: empty.
     pub url: String,
+    /// `url` is a Redis Cluster: comma-separated seed URLs; sharded pub/sub
+    /// (SPUBLISH/SSUBSCRIBE) and presence keys in one hash slot. Default: false.
+    pub cluster: bool,
     /// Prefix of every Redis key and channel roomcast uses. Default: `roomcast`.
     pub prefix: String,
     /// How often the node refreshes its heartbeat in Redis, in milliseconds. Default: 2000.
@@ -285,6 +288,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: String::new(),
+            cluster: false,
             prefix: "roomcast".to_owned(),
             heartbeat_ms: 2_000,
             node_ttl_ms: 10_000,
@@ -327,14 +331,23 @@ impl BrokerConfig {
             }
             return Ok(());
         }
-        if !self.url.starts_with("redis://") && !self.url.starts_with("redis+unix://") {
-            return Err(format!(
-                "broker.url must be empty or a redis:// URL, got {:?}",
-                self.url
-            ));
+        let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        if urls.len() > 1 && !self.cluster {
+            return Err(
+                "broker.url lists several servers: set broker.cluster = true for a Redis Cluster"
+                    .to_owned(),
+            );
         }
-        if self.prefix.is_empty() || self.prefix.contains(['#', '*', '?', '[']) {
-            return Err("broker.prefix must be non-empty and free of # * ? [".to_owned());
+        for url in urls {
+            if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+                return Err(format!(
+                    "broker.url must be empty or redis:// URLs, got {:?}",
+                    self.url
+                ));
+            }
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['#', '*', '?', '[', '{', '}']) {
+            return Err("broker.prefix must be non-empty and free of # * ? [ { }".to_owned());
         }
         if self.heartbeat_ms == 0 || self.node_ttl_ms < 2 * self.heartbeat_ms {
             return Err(

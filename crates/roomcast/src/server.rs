@@ -74,6 +74,7 @@ impl Server {
         }
         let mut rc = roomcast_redis::RedisConfig::new(&b.url);
         rc.prefix = b.prefix.clone();
+        rc.cluster = b.cluster;
         rc.heartbeat = Duration::from_millis(b.heartbeat_ms);
         rc.node_ttl = Duration::from_millis(b.node_ttl_ms);
         let redis = roomcast_redis::Redis::start(rc)?;

@@ -80,19 +80,15 @@ impl Bridge {
         Bridge { config, tx, counts }
     }
 
-    /// Subscribes the subscriber connection to the enabled emitters' channels.
-    pub(crate) async fn subscribe(
-        &self,
-        sink: &mut redis::aio::PubSubSink,
-    ) -> redis::RedisResult<()> {
-        if let Some(ch) = &self.config.python_socketio {
-            sink.subscribe(ch).await?;
-        }
-        if let Some(p) = &self.config.socket_io {
-            sink.psubscribe(format!("{p}#*")).await?;
-            sink.psubscribe(format!("{p}-request#*")).await?;
-        }
-        Ok(())
+    /// The enabled emitters' channels (classic pub/sub: emitters PUBLISH), and
+    /// channel patterns.
+    pub(crate) fn channels(&self) -> (Vec<String>, Vec<String>) {
+        let channels = self.config.python_socketio.iter().cloned().collect();
+        let patterns = match &self.config.socket_io {
+            Some(p) => vec![format!("{p}#*"), format!("{p}-request#*")],
+            None => Vec::new(),
+        };
+        (channels, patterns)
     }
 
     fn classify(&self, channel: &str) -> Option<(Source, String)> {
