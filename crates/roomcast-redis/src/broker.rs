@@ -88,30 +88,31 @@ impl Broker for RedisBroker {
         self.shared.attached.notify_one();
     }
 
+    /// Queues the envelope for the node's publisher task, which sends queued
+    /// envelopes to Redis in pipelined batches, in order. A connection that
+    /// publishes is not held up by the round trip to Redis; an error comes
+    /// back at once while Redis is known to be down or the queue is full, and
+    /// a batch that fails later is logged and counted
+    /// (`roomcast_redis_unsent_total`).
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let channel = self.channel(envelope.route());
-        let bytes = wire::encode(&envelope);
-        Box::pin(async move {
-            let mut conn = self.shared.conn().map_err(BrokerError)?;
-            let r: redis::RedisResult<i64> = redis::cmd(self.shared.publish_cmd())
-                .arg(&channel)
-                .arg(bytes)
-                .query_async(&mut conn)
-                .await;
-            match r {
-                Ok(_) => {
-                    self.shared
-                        .metrics
-                        .published
-                        .fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    self.shared.failed(&e);
-                    Err(BrokerError(e.to_string()))
-                }
-            }
-        })
+        let r = if self.shared.outage.load(Ordering::Acquire) {
+            Err(BrokerError("redis unavailable".into()))
+        } else {
+            let channel = self.channel(envelope.route());
+            let bytes = wire::encode(&envelope);
+            self.shared
+                .outgoing
+                .try_send((channel, bytes))
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        BrokerError("redis publish queue full".into())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => {
+                        BrokerError("redis publisher stopped".into())
+                    }
+                })
+        };
+        Box::pin(std::future::ready(r))
     }
 
     fn subscribe_room(&self, _: NodeId, room: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -175,6 +176,12 @@ impl Broker for RedisBroker {
                 get(&m.published),
             ),
             sample(
+                "roomcast_redis_unsent_total",
+                "counter",
+                "Envelopes accepted for other nodes that could not be sent to Redis.",
+                get(&m.unsent),
+            ),
+            sample(
                 "roomcast_redis_received_total",
                 "counter",
                 "Envelopes received from other nodes.",
@@ -203,6 +210,83 @@ impl Broker for RedisBroker {
             out.extend(bridge.metrics());
         }
         out
+    }
+}
+
+/// The most envelopes one pipelined batch carries.
+const PUBLISH_BATCH: usize = 1024;
+
+/// The publisher task: sends queued envelopes to Redis in pipelined batches, in order.
+pub(crate) async fn publisher(
+    shared: Arc<Shared>,
+    mut outgoing: mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        tokio::select! {
+            n = outgoing.recv_many(&mut batch, PUBLISH_BATCH) => if n == 0 { return },
+            _ = shared.stop.cancelled() => return,
+        }
+        let n = batch.len() as u64;
+        if shared.commands.get().is_none() {
+            // A cluster node's first connection is still being made: give it
+            // the command timeout before counting this batch as unsent.
+            let mut up = shared.up.subscribe();
+            let _ = tokio::time::timeout(shared.config.command_timeout, up.wait_for(|u| *u)).await;
+        }
+        let sent = match shared.conn() {
+            Ok(conn) => send(&shared, conn, &mut batch).await,
+            Err(e) => {
+                batch.clear();
+                Err(e)
+            }
+        };
+        match sent {
+            Ok(()) => {
+                shared.metrics.published.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                shared.failed(&e);
+                shared.metrics.unsent.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(envelopes = n, error = %e, "could not send envelopes to the other nodes");
+            }
+        }
+    }
+}
+
+/// Sends a batch: one pipeline to a single server; in a cluster, where one
+/// pipeline cannot span hash slots, one command per envelope, all in flight
+/// at once (each shard's connection keeps them in order per channel).
+async fn send(
+    shared: &Shared,
+    mut conn: crate::Commands,
+    batch: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), String> {
+    let cmd = shared.publish_cmd();
+    if !shared.config.cluster {
+        let mut pipe = redis::pipe();
+        for (channel, bytes) in batch.drain(..) {
+            pipe.cmd(cmd).arg(channel).arg(bytes).ignore();
+        }
+        return pipe
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let sends = batch.drain(..).map(|(channel, bytes)| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd(cmd)
+                .arg(channel)
+                .arg(bytes)
+                .query_async::<()>(&mut conn)
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(e.to_string()),
+        None => Ok(()),
     }
 }
 
@@ -261,21 +345,88 @@ pub(crate) fn fixed_channels(shared: &Shared, node: NodeId) -> Vec<String> {
     ]
 }
 
-async fn subscribe_emitters(
+/// A connection that can subscribe to classic pub/sub channels and patterns.
+pub(crate) trait Subscriber: Send {
+    fn subscribe_to<'a>(
+        &'a mut self,
+        channel: &'a str,
+        pattern: bool,
+    ) -> BoxFuture<'a, redis::RedisResult<()>>;
+}
+
+impl Subscriber for redis::aio::PubSubSink {
+    fn subscribe_to<'a>(
+        &'a mut self,
+        channel: &'a str,
+        pattern: bool,
+    ) -> BoxFuture<'a, redis::RedisResult<()>> {
+        if pattern {
+            Box::pin(self.psubscribe(channel))
+        } else {
+            Box::pin(self.subscribe(channel))
+        }
+    }
+}
+
+/// Subscribes to the emitters' channels, if emitters are on.
+pub(crate) async fn subscribe_emitters(
     shared: &Shared,
-    sink: &mut redis::aio::PubSubSink,
+    sink: &mut impl Subscriber,
 ) -> redis::RedisResult<()> {
     let Some(bridge) = shared.emitters.get() else {
         return Ok(());
     };
     let (channels, patterns) = bridge.channels();
-    for c in channels {
-        sink.subscribe(c).await?;
+    for c in &channels {
+        sink.subscribe_to(c, false).await?;
     }
-    for p in patterns {
-        sink.psubscribe(p).await?;
+    for p in &patterns {
+        sink.subscribe_to(p, true).await?;
     }
     Ok(())
+}
+
+/// What a batch of subscription requests changes.
+pub(crate) struct Changes {
+    pub(crate) add: Vec<String>,
+    pub(crate) drop: Vec<String>,
+    /// Subscribe to the emitter channels too.
+    pub(crate) emitters: bool,
+}
+
+/// Takes `first` and every request already queued, settles each topic on
+/// the hub's current state, and returns the batch (to answer) and the changes.
+pub(crate) fn changes(
+    first: SubRequest,
+    requests: &mut mpsc::UnboundedReceiver<SubRequest>,
+    sink: &dyn EnvelopeSink,
+    prefix: &str,
+    wanted: &mut HashSet<String>,
+) -> (Vec<SubRequest>, Changes) {
+    let mut batch = vec![first];
+    while let Ok(more) = requests.try_recv() {
+        batch.push(more);
+    }
+    let mut c = Changes {
+        add: Vec::new(),
+        drop: Vec::new(),
+        emitters: false,
+    };
+    for req in &batch {
+        let Some(topic) = &req.topic else {
+            c.emitters = true;
+            continue;
+        };
+        let ch = topic_channel(prefix, topic);
+        let had = wanted.contains(&ch);
+        let want = settle(sink, prefix, topic, wanted);
+        if want && !had {
+            c.add.push(ch);
+        } else if !want && had {
+            c.drop.push(ch);
+        }
+    }
+    (batch, c)
 }
 
 async fn single_subscriber(
@@ -355,22 +506,8 @@ async fn single_subscriber(
                     None => break "connection closed".to_owned(),
                 },
                 Some(req) = requests.recv() => {
-                    let mut batch = vec![req];
-                    while let Ok(more) = requests.try_recv() {
-                        batch.push(more);
-                    }
-                    let (mut add, mut drop) = (Vec::new(), Vec::new());
-                    let mut emitters = false;
-                    for req in &batch {
-                        let Some(topic) = &req.topic else {
-                            emitters = true;
-                            continue;
-                        };
-                        let ch = topic_channel(&prefix, topic);
-                        let had = wanted.contains(&ch);
-                        let want = settle(&*sink, &prefix, topic, &mut wanted);
-                        if want && !had { add.push(ch) } else if !want && had { drop.push(ch) }
-                    }
+                    let (batch, Changes { add, drop, emitters }) =
+                        changes(req, &mut requests, &*sink, &prefix, &mut wanted);
                     let mut r = subscribe_all(&mut psink, &add, true).await;
                     if r.is_ok() {
                         r = subscribe_all(&mut psink, &drop, false).await;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use roomcast_core::broker::BrokerError;
+use roomcast_core::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::broker::{self, SubRequest};
@@ -45,21 +46,18 @@ async fn shard_subscribe(
     Ok(())
 }
 
-async fn subscribe_emitters(
-    shared: &Shared,
-    conn: &mut ClusterConnection,
-) -> redis::RedisResult<()> {
-    let Some(bridge) = shared.emitters.get() else {
-        return Ok(());
-    };
-    let (channels, patterns) = bridge.channels();
-    for c in channels {
-        conn.subscribe(c).await?;
+impl broker::Subscriber for ClusterConnection {
+    fn subscribe_to<'a>(
+        &'a mut self,
+        channel: &'a str,
+        pattern: bool,
+    ) -> BoxFuture<'a, redis::RedisResult<()>> {
+        if pattern {
+            Box::pin(self.psubscribe(channel))
+        } else {
+            Box::pin(self.subscribe(channel))
+        }
     }
-    for p in patterns {
-        conn.psubscribe(p).await?;
-    }
-    Ok(())
 }
 
 /// Subscribes to everything the node needs; on success the node is up.
@@ -72,7 +70,7 @@ async fn subscribe_everything(
     let mut all = fixed.to_vec();
     all.extend(wanted.iter().cloned());
     shard_subscribe(conn, &all, true).await?;
-    subscribe_emitters(shared, conn).await
+    broker::subscribe_emitters(shared, conn).await
 }
 
 fn set_up(shared: &Shared, up: bool, why: &str) {
@@ -166,29 +164,15 @@ pub(crate) async fn subscriber(
                 _ => {}
             },
             Some(req) = requests.recv() => {
-                let mut batch = vec![req];
-                while let Ok(more) = requests.try_recv() {
-                    batch.push(more);
-                }
-                let (mut add, mut drop) = (Vec::new(), Vec::new());
-                let mut emitters = false;
-                for req in &batch {
-                    let Some(topic) = &req.topic else {
-                        emitters = true;
-                        continue;
-                    };
-                    let ch = broker::topic_channel(&prefix, topic);
-                    let had = wanted.contains(&ch);
-                    let want = broker::settle(&*sink, &prefix, topic, &mut wanted);
-                    if want && !had { add.push(ch) } else if !want && had { drop.push(ch) }
-                }
+                let (batch, broker::Changes { add, drop, emitters }) =
+                    broker::changes(req, &mut requests, &*sink, &prefix, &mut wanted);
                 let r = if shared.connected.load(Ordering::Acquire) {
                     let mut r = shard_subscribe(&mut conn, &add, true).await;
                     if r.is_ok() {
                         r = shard_subscribe(&mut conn, &drop, false).await;
                     }
                     if emitters && r.is_ok() {
-                        r = subscribe_emitters(&shared, &mut conn).await;
+                        r = broker::subscribe_emitters(&shared, &mut conn).await;
                     }
                     r.map_err(|e| e.to_string())
                 } else {

@@ -85,6 +85,9 @@ impl RedisConfig {
     }
 }
 
+/// Envelopes a node queues for Redis before publishing fails with "queue full".
+const OUTGOING_QUEUE: usize = 65_536;
+
 /// The Redis backends could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -98,6 +101,7 @@ pub enum StartError {
 pub(crate) struct RedisMetrics {
     pub(crate) reconnects: AtomicU64,
     pub(crate) published: AtomicU64,
+    pub(crate) unsent: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) malformed: AtomicU64,
@@ -178,6 +182,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: RedisMetrics,
     pub(crate) emitters: OnceLock<emitter::Bridge>,
     pub(crate) stop: tokio_util::sync::CancellationToken,
+    /// Envelopes for other nodes (channel, bytes), for the publisher task.
+    pub(crate) outgoing: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
     /// Subscription changes, for the subscriber task.
     pub(crate) requests: tokio::sync::mpsc::UnboundedSender<broker::SubRequest>,
 }
@@ -285,6 +291,7 @@ impl Redis {
             Topology::Single(client)
         };
         let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (outgoing, outgoing_rx) = tokio::sync::mpsc::channel(OUTGOING_QUEUE);
         let shared = Arc::new(Shared {
             config,
             topology,
@@ -301,7 +308,9 @@ impl Redis {
             emitters: OnceLock::new(),
             stop: tokio_util::sync::CancellationToken::new(),
             requests,
+            outgoing,
         });
+        tokio::spawn(broker::publisher(shared.clone(), outgoing_rx));
         tokio::spawn(broker::subscriber(shared.clone(), rx));
         let presence = presence::State::start(shared.clone());
         Ok(Redis { shared, presence })
