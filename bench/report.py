@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """Turns the results of `scripts/bench` into docs/benchmarks.md and docs/bench/*.png.
 
-Usage: python3 bench/report.py target/bench/results.jsonl [--out docs/benchmarks.md] [--charts docs/bench]
+Usage: python3 bench/report.py [target/bench/results.jsonl] [--cluster target/bench/cluster.jsonl]
+                               [--out docs/benchmarks.md] [--charts docs/bench]
 
 results.jsonl holds one JSON object per run (roomcast-bench's output plus what
 scripts/bench adds: server, label, case, mode, status, bench_cmd, server_cmd,
 wall_seconds, server_cpu_pct, server_rss_peak_kb, timeout_s). meta.json next to
-it (written by scripts/bench) gives the mode, start time and duration.
+it (written by scripts/bench) gives the mode, start time and duration. It makes
+the whole page, keeping the page's "Cluster" section (and its charts) as they are.
+
+cluster.jsonl (from `scripts/bench cluster`, with cluster-meta.json next to it)
+adds nodes, setup and redis_cpu_pct to each run; with --cluster the "Cluster"
+section and the cluster-*.png charts are made from it. Given alone, --cluster
+rewrites only that section of the existing page.
 """
 
 import argparse
@@ -128,22 +135,22 @@ def case_key(case):
 
 
 def clean(r):
-    return is_ok(r) and not r.get("lost")
+    return is_ok(r) and not r.get("lost") and not r.get("server_exited")
 
 
-def collapse(rows):
-    """One row per (server, case). Repeated runs (all clean) are shown by their median
-    run on the case's headline metric; if any repeat was not clean, that run is shown."""
+def collapse(rows, key=lambda r: (r["server"], r["case"])):
+    """One row per (server, case), or per `key`. Repeated runs (all clean) are shown by their
+    median run on the case's headline metric; if any repeat was not clean, that run is shown."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["server"], r["case"]), []).append(r)
+        groups.setdefault(key(r), []).append(r)
     out = []
-    for (_, case), rs in groups.items():
+    for rs in groups.values():
         bad = [r for r in rs if not clean(r)]
         if bad:
             rep = dict(bad[0])
         else:
-            _, get, _ = headline(case)
+            _, get, _ = headline(rs[0]["case"])
             ordered = sorted(rs, key=lambda r: get(r) or 0)
             rep = dict(ordered[(len(ordered) - 1) // 2])
         rep["_runs"] = rs
@@ -458,7 +465,7 @@ def headline(case):
     """(metric name, getter, higher_is_better) for a case's ratio table."""
     if case.startswith("idle"):
         return ("memory per connection", lambda r: r.get("rss_per_conn_kb"), False)
-    if case.startswith("fanout-burst"):
+    if case.startswith("fanout-burst") or case.startswith("cluster-burst"):
         return ("deliveries/s", lambda r: r.get("deliveries_per_sec"), True)
     return ("p99 latency", lambda r: (r.get("latency_ms") or {}).get("p99"), False)
 
@@ -550,29 +557,43 @@ def case_table(case, rows, lines):
         lines.append("| " + " | ".join(cells) + " |")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results")
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
-    ap.add_argument("--charts", default=os.path.join(ROOT, "docs/bench"))
-    opts = ap.parse_args()
-
+def load_records(path):
     records = []
-    for line in open(opts.results, encoding="utf-8"):
+    for line in open(path, encoding="utf-8"):
         line = line.strip()
         if line:
             records.append(json.loads(line))
-    meta = {}
-    meta_path = os.path.join(os.path.dirname(os.path.abspath(opts.results)), "meta.json")
-    if os.path.exists(meta_path):
-        meta = json.load(open(meta_path, encoding="utf-8"))
-    mode = meta.get("mode") or (records[0].get("mode") if records else "?")
+    return records
+
+
+def load_meta(results_path, name):
+    """The meta file `name` that scripts/bench wrote next to a results file ({} if none)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(results_path)), name)
+    if os.path.exists(path):
+        return json.load(open(path, encoding="utf-8"))
+    return {}
+
+
+def started_at(meta):
     started = meta.get("started")
-    when = (datetime.datetime.fromtimestamp(started, datetime.timezone.utc) if started
+    return (datetime.datetime.fromtimestamp(started, datetime.timezone.utc) if started
             else datetime.datetime.now(datetime.timezone.utc))
+
+
+def took(meta):
+    d = meta.get("duration_s")
+    return f" (the whole run took {d // 60} min {d % 60} s)" if d else ""
+
+
+def full_page(opts):
+    """The whole page from results.jsonl, without the Cluster section. Returns (lines, charts)."""
+    records = load_records(opts.results)
+    meta = load_meta(opts.results, "meta.json")
+    mode = meta.get("mode") or (records[0].get("mode") if records else "?")
+    when = started_at(meta)
     os.makedirs(opts.charts, exist_ok=True)
     for f in os.listdir(opts.charts):
-        if f.endswith(".png"):
+        if f.endswith(".png") and not f.startswith(CLUSTER_CHART_PREFIX):
             os.remove(os.path.join(opts.charts, f))
     chart_rel = os.path.relpath(opts.charts, os.path.dirname(os.path.abspath(opts.out)))
 
@@ -590,7 +611,7 @@ def main():
     L.append("# Benchmarks")
     L.append("")
     L.append(f"Generated by `scripts/bench {mode}` on {when:%Y-%m-%d %H:%M} UTC"
-             + (f" (the whole run took {meta['duration_s'] // 60} min {meta['duration_s'] % 60} s)" if meta.get("duration_s") else "")
+             + took(meta)
              + f", then `python3 bench/report.py target/bench/results.jsonl`. **Mode: {mode}**"
              + (" — small sizes that finish in a few minutes; run `scripts/bench full` for the 10k-connection figures."
                 if mode == "quick" else " — the full sizes (10k subscribers, 10k–15k idle connections)."))
@@ -834,11 +855,400 @@ def main():
         with open(findings, encoding="utf-8") as f:
             L.append(f.read().rstrip())
             L.append("")
+    return L, len(charts)
+
+
+# --- the cluster section ---------------------------------------------------------------
+
+CLUSTER_HEADING = "## Cluster"
+CLUSTER_CHART_PREFIX = "cluster-"
+CLUSTER_PEER = "node-socketio"  # the cluster every roomcast row is compared with
+
+
+def find_section(lines, heading):
+    """The lines of a `## ` section, from its heading to the next `## ` heading (None if absent)."""
+    if heading not in lines:
+        return None
+    i = lines.index(heading)
+    j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+    return lines[i:j]
+
+
+def with_section(lines, heading, section, before):
+    """`lines` with the section `heading` replaced by `section`, or inserted before the
+    heading `before` (at the end if there is none)."""
+    old = find_section(lines, heading)
+    if old is not None:
+        i = lines.index(heading)
+        return lines[:i] + section + lines[i + len(old):]
+    i = lines.index(before) if before in lines else len(lines)
+    return lines[:i] + section + lines[i:]
+
+
+def setup_key(setup):
+    return -1 if setup == "alone" else int(setup)
+
+
+def setup_label(setup):
+    return "1, no Redis" if setup == "alone" else f"{setup} on Redis"
+
+
+def cluster_label(server, label_of):
+    return label_of.get(server, server) + (" + redis-adapter" if server == CLUSTER_PEER else "")
+
+
+def chart_cluster(rows, setups, servers, label_of, path, title):
+    """Two panels over the setups: burst deliveries/s (median, min–max) and paced p99."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    width = 0.8 / max(1, len(servers))
+    for i, s in enumerate(servers):
+        xs, dps, lo, hi, p99 = [], [], [], [], []
+        for j, st in enumerate(setups):
+            x = j + (i - (len(servers) - 1) / 2) * width
+            b = rows.get((s, st, "burst"))
+            if b is not None and is_ok(b) and b.get("deliveries_per_sec"):
+                vals = [r["deliveries_per_sec"] for r in b["_runs"] if clean(r)] or [b["deliveries_per_sec"]]
+                xs.append(x)
+                dps.append(b["deliveries_per_sec"])
+                lo.append(b["deliveries_per_sec"] - min(vals))
+                hi.append(max(vals) - b["deliveries_per_sec"])
+            p = rows.get((s, st, "latency"))
+            if p is not None and is_ok(p) and p.get("latency_ms"):
+                p99.append((x, p["latency_ms"]["p99"], bool(p.get("lost"))))
+        color = COLORS.get(s)
+        label = cluster_label(s, label_of)
+        ax1.bar(xs, dps, width * 0.95, color=color, label=label)
+        if xs:
+            ax1.errorbar(xs, dps, yerr=[lo, hi], fmt="none", ecolor="#333", capsize=3, linewidth=0.8)
+        for x, v, h in zip(xs, dps, hi):
+            ax1.text(x, (v + h) * 1.02, f"{v / 1000:,.0f}k", ha="center", va="bottom", fontsize=7, rotation=90)
+        bars = ax2.bar([x for x, _, _ in p99], [v for _, v, _ in p99], width * 0.95, color=color, label=label)
+        for b, (x, v, lost) in zip(bars, p99):
+            if lost:
+                b.set_hatch("//")
+            ax2.text(x, v * 1.01, fmt_ms(v), ha="center", va="bottom", fontsize=7, rotation=90)
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(setups)))
+        ax.set_xticklabels([setup_label(st) for st in setups], fontsize=8.5)
+        ax.set_xlabel("nodes")
+        ax.spines["top"].set_visible(False)
+        ax.spines["right"].set_visible(False)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+    ax1.set_ylabel("deliveries per second (burst; higher is better)")
+    ax1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k"))
+    ax2.set_ylabel("p99 latency, ms (paced; lower is better)")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8.5, frameon=False, loc="lower center", ncol=len(labels))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cluster_section(opts):
+    """The Cluster section from cluster.jsonl, and its charts. Returns (lines, charts)."""
+    records = load_records(opts.cluster)
+    meta = load_meta(opts.cluster, "cluster-meta.json")
+    redis = next((r for r in records if r.get("case") == "(redis)"), {})
+    runs = [r for r in records if (r.get("case") or "").startswith("cluster-")]
+    PROTOCOL_OF.update({r["server"]: r.get("protocol") for r in runs})
+    label_of = {r["server"]: r.get("label", r["server"]) for r in runs}
+    rows = {}
+    for r in collapse(runs, key=lambda r: (r["server"], r.get("setup"), r["case"])):
+        kind = next((k for k in ("burst", "latency", "rooms") if k in r["case"]), r["case"])
+        rows[(r["server"], r.get("setup"), kind)] = r
+    servers = sorted({r["server"] for r in runs}, key=server_key)
+    setups = sorted({r.get("setup") for r in runs}, key=setup_key)
+    burst_args = bench_args(next((r for r in runs if "burst" in r["case"]), {}))
+    paced_args = bench_args(next((r for r in runs if "latency" in r["case"]), {}))
+    ver = versions()
+    chart_rel = os.path.relpath(opts.charts, os.path.dirname(os.path.abspath(opts.out)))
+    os.makedirs(opts.charts, exist_ok=True)
+    for f in os.listdir(opts.charts):
+        if f.startswith(CLUSTER_CHART_PREFIX) and f.endswith(".png"):
+            os.remove(os.path.join(opts.charts, f))
+
+    def get(server, setup, kind):
+        return rows.get((server, setup, kind))
+
+    def dps(r):
+        return r.get("deliveries_per_sec") if r is not None and is_ok(r) else None
+
+    def p99(r):
+        return (r.get("latency_ms") or {}).get("p99") if r is not None and is_ok(r) else None
+
+    def ratio(a, b, lost):
+        if a is None or b is None or b <= 0:
+            return "–"
+        return fmt_ratio(a / b) + (" ⚠" if lost else "")
+
+    def pct(r, k):
+        return f"{r[k]:.0f}%" if r is not None and r.get(k) not in (None, "") else "–"
+
+    def order_cell(r):
+        n = (r or {}).get("out_of_order")
+        if n is None or not is_ok(r):
+            return "–"
+        return f"**{n:,}** ({100 * n / max(1, r.get('delivered') or 1):.1f}%)" if n else "0"
+
+    def lost_cell(r):
+        if r is None:
+            return "not run"
+        if not is_ok(r):
+            return status_cell(r)
+        return f"**{r['lost']:,}** ({100 * lost_fraction(r):.1f}%)" if r.get("lost") else "0"
+
+    n_subs = int(burst_args.get("clients", 0) or 0)
+    L = [CLUSTER_HEADING, ""]
+    L.append(f"Generated by `scripts/bench cluster` on {started_at(meta):%Y-%m-%d %H:%M} UTC{took(meta)}, then "
+             "`python3 bench/report.py --cluster target/bench/cluster.jsonl` (which rewrites only this section).")
+    L.append("")
+    L.append("roomcast (native protocol and Socket.IO, `--broker redis://…`) and Node socket.io with "
+             "`@socket.io/redis-adapter` (the peer in bench/peers/node-socketio with `REDIS_URL` set), each run as "
+             "one node alone (no Redis, as in the tables above) and as 1, 2 and 3 nodes on one redis-server"
+             + (f" {redis['redis_version']}" if redis.get("redis_version") else "")
+             + " that the script starts for this run (a free loopback port, persistence off, emptied with FLUSHALL "
+             f"before every run). One room, {n_subs:,} subscribers spread round-robin over the nodes (subscriber *i* "
+             "on node *i* mod N), the publisher on node 1, so with N nodes (N−1)/N of the deliveries cross Redis. "
+             f"**Burst**: {burst_args.get('messages', '?')} messages of ~100 bytes as fast as the publisher can send "
+             f"them ({int(burst_args.get('messages', 0) or 0) * n_subs:,} deliveries; repeated while clean, the table "
+             f"shows the median run). **Paced**: {paced_args.get('rate', '?')} messages/s for "
+             f"{paced_args.get('duration', '?')} s, well under what every setup delivers, for latency. The bench "
+             f"waits at most {burst_args.get('drain', '?')} s for stragglers; *lost* is what had not arrived by then.")
+    L.append("")
+    L.append("**Everything shares the same 2 cores**: every node, redis-server and the load generator (which "
+             "alone uses most of a core reading the deliveries). More nodes here means more processes competing "
+             "for the same CPUs, not more CPU, so these figures show what clustering *costs* — the Redis hop, the "
+             "encoding, the extra processes — and not how a cluster on separate machines scales.")
+    L.append("")
+    problems = [r for r in rows.values()
+                if not is_ok(r) or r.get("lost") or r.get("out_of_order") or r.get("server_exited")]
+    if problems:
+        L.append("Runs that did not complete cleanly, or delivered out of order:")
+        L.append("")
+        for r in sorted(problems, key=lambda r: (server_key(r["server"]), setup_key(r.get("setup")), r["case"])):
+            what = status_cell(r).replace("**", "")
+            if is_ok(r) and r.get("lost"):
+                what += f" ({r['lost']:,} of {r['expected']:,} deliveries)"
+            if is_ok(r) and r.get("out_of_order"):
+                what = ("" if what == "ok" else what + "; ") + \
+                    f"{r['out_of_order']:,} of {r['delivered']:,} deliveries out of publish order"
+            if r.get("server_exited"):
+                tag = f"{r['server']}.{r['case']}." + (f"{r['setup']}-nodes." if r.get("setup") != "alone" else "")
+                what = ("" if what == "ok" else what + "; ") + \
+                    "a node exited during the run, after the bench had its figures (`target/bench/logs/" \
+                    f"{tag}*.server*.log`)"
+            L.append(f"- {cluster_label(r['server'], label_of)}, {setup_label(r.get('setup'))}, {r['case']}: {what}")
+        L.append("")
+
+    peer = cluster_label(CLUSTER_PEER, label_of)
+    L.append(f"Ratios: *÷ one node* divides by the same server alone (no Redis); *roomcast ÷ {peer}* divides by "
+             "that cluster at the same node count (deliveries/s: higher is better, > 1× means roomcast is ahead; "
+             "p99: lower is better, < 1× means roomcast is ahead).")
+    L.append("")
+    L.append("*Out of order*: deliveries that reached a subscriber after a later message of the same publisher "
+             "(the messages carry the publisher's sequence number; a subscriber should see it rise).")
+    L.append("")
+    L.append(f"| server | nodes | deliveries/s (burst) | lost (burst) | out of order (burst) | p50 ms (paced) "
+             f"| p99 ms (paced) | lost (paced) | out of order (paced) | deliveries/s ÷ one node | p99 ÷ one node "
+             f"| deliveries/s, roomcast ÷ {peer} | p99, roomcast ÷ {peer} |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in servers:
+        for st in setups:
+            b, p = get(s, st, "burst"), get(s, st, "latency")
+            if b is None and p is None:
+                continue
+            one_b, one_p = get(s, "alone", "burst"), get(s, "alone", "latency")
+            peer_b, peer_p = get(CLUSTER_PEER, st, "burst"), get(CLUSTER_PEER, st, "latency")
+            lat = (p.get("latency_ms") or {}) if p is not None and is_ok(p) else {}
+            cells = [cluster_label(s, label_of), setup_label(st),
+                     fmt_num(dps(b)) + (f" ({spread_cell(b, lambda x: x.get('deliveries_per_sec'))})" if b is not None and is_ok(b) else "")
+                     + (" ⚠ a node exited" if (b or {}).get("server_exited") else ""),
+                     lost_cell(b), order_cell(b), fmt_ms(lat.get("p50")), fmt_ms(lat.get("p99")), lost_cell(p),
+                     order_cell(p)]
+            lost_b = bool((b or {}).get("lost") or (one_b or {}).get("lost"))
+            lost_p = bool((p or {}).get("lost") or (one_p or {}).get("lost"))
+            cells += ["1×" if st == "alone" else ratio(dps(b), dps(one_b), lost_b),
+                      "1×" if st == "alone" else ratio(p99(p), p99(one_p), lost_p)]
+            if s == CLUSTER_PEER:
+                cells += ["", ""]
+            else:
+                cells += [ratio(dps(b), dps(peer_b), lost_b or bool((peer_b or {}).get("lost"))),
+                          ratio(p99(p), p99(peer_p), lost_p or bool((peer_p or {}).get("lost")))]
+            L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+
+    path = os.path.join(opts.charts, f"{CLUSTER_CHART_PREFIX}fanout.png")
+    chart_cluster(rows, setups, servers, label_of, path,
+                  f"One room, {n_subs:,} subscribers spread over the nodes, publisher on node 1 (all on 2 shared cores)")
+    L.append(f"![Cluster fanout: deliveries per second and p99 latency by node count]({chart_rel}/{os.path.basename(path)})")
+    L.append("")
+
+    # Latency per node: the publisher's own node delivers locally; the others through Redis.
+    most = max((setup_key(st) for st in setups), default=0)
+    if most > 1:
+        L.append("Paced latency by the node the subscriber is on (node 1 holds the publisher: its subscribers get "
+                 "the message without Redis in roomcast; the others get it through Redis):")
+        L.append("")
+        L.append("| server | nodes | " + " | ".join(f"node {i} p50 / p99 ms" for i in range(1, most + 1)) + " |")
+        L.append("|---|---|" + "---:|" * most)
+        for s in servers:
+            for st in setups:
+                p = get(s, st, "latency")
+                per = (p or {}).get("per_target") or []
+                if len(per) < 2:
+                    continue
+                cells = []
+                for i in range(most):
+                    lat = per[i].get("latency_ms") if i < len(per) else None
+                    cells.append(f"{fmt_ms(lat['p50'])} / {fmt_ms(lat['p99'])}" if lat else "")
+                L.append(f"| {cluster_label(s, label_of)} | {setup_label(st)} | " + " | ".join(cells) + " |")
+        L.append("")
+
+    # Where the CPU went.
+    L.append("CPU and memory of the fanout runs (CPU: time used over the run's wall time, connecting included; "
+             "100% = one core; *nodes* is the sum over every node of the setup):")
+    L.append("")
+    L.append("| server | nodes | burst: nodes CPU | burst: Redis CPU | burst: client CPU | paced: nodes CPU "
+             "| paced: Redis CPU | paced: client CPU | peak RSS, all nodes (burst) |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    for s in servers:
+        for st in setups:
+            b, p = get(s, st, "burst"), get(s, st, "latency")
+            if b is None and p is None:
+                continue
+            L.append("| " + " | ".join([
+                cluster_label(s, label_of), setup_label(st),
+                pct(b, "server_cpu_pct"), pct(b, "redis_cpu_pct") if st != "alone" else "–", pct(b, "client_cpu_pct"),
+                pct(p, "server_cpu_pct"), pct(p, "redis_cpu_pct") if st != "alone" else "–", pct(p, "client_cpu_pct"),
+                human_kb(b["server_rss_peak_kb"]) if b is not None and b.get("server_rss_peak_kb") else "–",
+            ]) + " |")
+    L.append("")
+
+    # Many rooms, each on one node: what Redis sends to nodes that have no member of the room.
+    rooms_runs = [r for r in rows.values() if "rooms" in r["case"]]
+    if rooms_runs:
+        a = bench_args(rooms_runs[0])
+        n_rooms, n_members = int(a.get("rooms", 0) or 0), int(a.get("members", 0) or 0)
+        interval = int(a.get("interval-ms", 0) or 0) / 1000
+        L.append(f"**Many rooms, each on one node.** {n_rooms:,} rooms of {n_members} members, every member of room "
+                 f"*r* on node *r* mod N (`--whole-rooms`); every member publishes once every {interval:g} s for "
+                 f"{a.get('duration', '?')} s, and every member of the room receives it. No delivery needs another "
+                 "node, so whatever Redis sends a node for rooms it has no member in is pure overhead. *Redis → nodes "
+                 "per publish* is the growth of Redis's `total_net_output_bytes` over the run ÷ its `PUBLISH` "
+                 "calls (connecting is included: joins and presence replies add a little for roomcast).")
+        L.append("")
+        L.append("| server | nodes | publishes/s | deliveries/s | lost | p50 ms | p99 ms | nodes CPU | Redis CPU "
+                 "| client CPU | PUBLISH calls | Redis → nodes per publish |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for s_ in servers:
+            for st in setups:
+                r = get(s_, st, "rooms")
+                if r is None:
+                    continue
+                lat = (r.get("latency_ms") or {}) if is_ok(r) else {}
+                pubs, out = r.get("redis_publishes"), r.get("redis_out_bytes")
+                per_pub = f"{out / pubs:,.0f} bytes" if st != "alone" and pubs and out is not None else "–"
+                L.append("| " + " | ".join([
+                    cluster_label(s_, label_of), setup_label(st), fmt_num(r.get("publishes_per_sec")),
+                    fmt_num(r.get("deliveries_per_sec")), lost_cell(r), fmt_ms(lat.get("p50")), fmt_ms(lat.get("p99")),
+                    pct(r, "server_cpu_pct"), pct(r, "redis_cpu_pct") if st != "alone" else "–",
+                    pct(r, "client_cpu_pct"), fmt_num(pubs) if st != "alone" else "–", per_pub,
+                ]) + " |")
+        L.append("")
+
+    # Hand-kept notes on what these numbers mean.
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster-notes.md")
+    if os.path.exists(notes):
+        with open(notes, encoding="utf-8") as f:
+            L.append(f.read().rstrip())
+            L.append("")
+
+    L.append("### Cluster setup, versions and commands")
+    L.append("")
+    node_versions = ", ".join(f"{n} {v}" for n, v in [
+        ("socket.io", node_pkg_version("socket.io")),
+        ("@socket.io/redis-adapter", node_pkg_version("@socket.io/redis-adapter")),
+        ("redis", node_pkg_version("redis"))] if v)
+    L.append(f"- roomcast: {ver['servers']['roomcast-native']}")
+    L.append(f"- Node socket.io + redis-adapter: {node_versions}; `createAdapter(pubClient, subClient)` with its "
+             "defaults (a `redis` client and its `duplicate()`)")
+    L.append(f"- redis-server: {redis.get('redis_version', 'unknown')}, defaults except persistence")
+    L.append("")
+    L.append("```sh")
+    L.append("scripts/bench cluster   # builds and installs, runs everything below, then:")
+    L.append("python3 bench/report.py --cluster target/bench/cluster.jsonl")
+    L.append("")
+    L.append("# Redis, once for the whole run")
+    L.append(redis.get("server_cmd", "redis-server"))
+    seen = set()
+    for r in sorted(runs, key=lambda r: server_key(r["server"])):
+        if r.get("server_cmd") and r["server"] not in seen:
+            seen.add(r["server"])
+            alone, _, clustered = r["server_cmd"].partition("\n")
+            L.append(f"# {label_of[r['server']]}: one node alone")
+            L.append(alone)
+            if clustered:
+                L.append(f"# {label_of[r['server']]}: each of the N nodes (N = 1, 2, 3), on its own free port")
+                L.append(clustered)
+    L.append("```")
+    L.append("")
+    L.append("<details><summary>Load-generator commands, one per setup</summary>")
+    L.append("")
+    L.append("```sh")
+    shown = set()
+    for r in sorted(runs, key=lambda r: (server_key(r["server"]), setup_key(r.get("setup")), r["case"])):
+        if r.get("bench_cmd") and r["bench_cmd"] not in shown:
+            shown.add(r["bench_cmd"])
+            L.append(r["bench_cmd"])
+    L.append("```")
+    L.append("")
+    L.append("</details>")
+    L.append("")
+    L.append("Raw results: `target/bench/cluster.jsonl` (not committed; each run's `per_target` has the deliveries "
+             "and latency of every node), logs in `target/bench/logs/`.")
+    L.append("")
+    return L, 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="?", help="results.jsonl of `scripts/bench quick|full`: makes the whole page")
+    ap.add_argument("--cluster", metavar="CLUSTER_JSONL",
+                    help="cluster.jsonl of `scripts/bench cluster`: makes the Cluster section (alone: only that section)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
+    ap.add_argument("--charts", default=os.path.join(ROOT, "docs/bench"))
+    opts = ap.parse_args()
+    if not opts.results and not opts.cluster:
+        ap.error("give results.jsonl, --cluster cluster.jsonl, or both")
+
+    previous = None
+    if os.path.exists(opts.out):
+        with open(opts.out, encoding="utf-8") as f:
+            previous = f.read().split("\n")
+    n_charts = 0
+    section = None
+    if opts.cluster:
+        section, n = cluster_section(opts)
+        n_charts += n
+    elif previous is not None:
+        section = find_section(previous, CLUSTER_HEADING)
+    if opts.results:
+        page, n = full_page(opts)
+        n_charts += n
+    elif previous is not None:
+        page = previous
+    else:
+        ap.error(f"{opts.out} does not exist yet: give results.jsonl too")
+    if section:
+        page = with_section(page, CLUSTER_HEADING, section, before="## Machine and versions")
 
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(L))
-    print(f"wrote {os.path.relpath(opts.out)} and {len(charts)} charts in {os.path.relpath(opts.charts)}/")
+        f.write("\n".join(page))
+    print(f"wrote {os.path.relpath(opts.out)} and {n_charts} charts in {os.path.relpath(opts.charts)}/")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,13 @@ pub enum Protocol {
     Plain,
 }
 
+/// One server to connect to; a cluster is several.
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
     pub protocol: Protocol,
+    /// Its position among the targets: deliveries are also counted per target.
+    pub node: usize,
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -54,12 +57,22 @@ fn source(index: usize, v6: bool) -> Option<IpAddr> {
     )))
 }
 
-/// Finds the number after `"t":` in a frame: the publish timestamp.
-fn timestamp(text: &str) -> Option<u64> {
-    let at = text.find("\"t\":")? + 4;
+/// The number after `"<key>":` in a frame.
+fn number(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
     let digits: &str = &text[at..];
     let end = digits.bytes().take_while(u8::is_ascii_digit).count();
     digits[..end].parse().ok()
+}
+
+/// The publish timestamp in a frame.
+fn timestamp(text: &str) -> Option<u64> {
+    number(text, "\"t\":")
+}
+
+/// The publisher's sequence number in a frame.
+fn sequence(text: &str) -> Option<u64> {
+    number(text, "\"s\":")
 }
 
 impl Conn {
@@ -212,17 +225,24 @@ impl Conn {
         };
         let sink = self.sink.clone();
         let socketio = matches!(self.target.protocol, Protocol::SocketIo { .. });
-        let shard = self.index;
+        let (node, shard) = (self.target.node, self.index);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(64);
             let mut pong = false;
-            let take = |m: Message, batch: &mut Vec<u64>, pong: &mut bool| {
+            // The highest sequence number seen so far on this connection.
+            let mut last = None;
+            let mut take = |m: Message, batch: &mut Vec<u64>, pong: &mut bool| {
                 if let Message::Text(t) = &m {
                     let t = t.as_str();
                     if socketio && t == "2" {
                         *pong = true;
                     } else if let Some(sent) = timestamp(t) {
                         batch.push(rec.now_ns().saturating_sub(sent) / 1000);
+                        let seq = sequence(t);
+                        if seq.is_some() && seq <= last {
+                            rec.record_out_of_order();
+                        }
+                        last = last.max(seq);
                     }
                 }
             };
@@ -236,7 +256,7 @@ impl Conn {
                     let _ = sink.lock().await.send(Message::text("3")).await;
                     pong = false;
                 }
-                rec.record(shard, &batch);
+                rec.record(node, shard, &batch);
                 batch.clear();
             }
         });
@@ -270,6 +290,8 @@ mod tests {
         assert_eq!(timestamp(r#"42["b",{"t":456,"s":2,"p":"x"}]"#), Some(456));
         assert_eq!(timestamp(r#"{"t":789,"s":0,"p":""}"#), Some(789));
         assert_eq!(timestamp(r#"{"type":"ack","id":1}"#), None);
+        assert_eq!(sequence(r#"42["b",{"t":456,"s":2,"p":"x"}]"#), Some(2));
+        assert_eq!(sequence(r#"42["b",{"p":"x","s":7,"t":456}]"#), Some(7));
     }
 
     #[test]

@@ -4,10 +4,14 @@
 //! loopback addresses only, spreads its source addresses over 127.x.y.z, is
 //! bounded in connections and time, and prints one JSON line of results.
 //!
+//! Several `--addr` (repeated or comma-separated) measure a cluster: the
+//! connections go round-robin over the nodes, the fanout publisher is on the
+//! first (or `--publish-on`), and the results are given in total and per node.
+//!
 //! Scenarios:
 //! - `idle`: N connections held open; server RSS before and after, per-connection memory, connect rate.
 //! - `fanout`: one room with N subscribers and a publisher; deliveries/s, publish→receive
-//!   latency percentiles, lost messages.
+//!   latency percentiles, lost messages, messages a subscriber got out of publish order.
 //! - `rooms`: many small rooms whose members publish now and then (the chat-app shape).
 //! - `churn`: connect/join/disconnect cycles while a fanout runs.
 
@@ -23,7 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use client::{Conn, Protocol, Target};
-use stats::{cpu_seconds, rss_kb, Recorder};
+use stats::{cpu_seconds, rss_total_kb, Recorder};
 
 #[derive(Parser)]
 #[command(
@@ -49,9 +53,16 @@ enum Scenario {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server address (must be on 127.0.0.0/8 or ::1).
-    #[arg(long, default_value = "127.0.0.1:8000")]
-    addr: SocketAddr,
+    /// Server address, on 127.0.0.0/8 or ::1. Several (repeated or comma-separated)
+    /// are the nodes of a cluster: connection i goes to node i mod N.
+    #[arg(
+        long = "addr",
+        visible_alias = "target",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8000"
+    )]
+    addrs: Vec<SocketAddr>,
     /// Wire protocol.
     #[arg(long, value_enum, default_value = "native")]
     protocol: ProtocolArg,
@@ -64,9 +75,10 @@ struct Common {
     /// Socket.IO event used to publish to a room.
     #[arg(long, default_value = "publish")]
     publish_event: String,
-    /// Server process id, to read its RSS from /proc.
-    #[arg(long)]
-    pid: Option<u32>,
+    /// Server process id, to read its RSS from /proc; with several (repeated or
+    /// comma-separated) the RSS figures are their sum.
+    #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
+    pids: Vec<u32>,
     /// New connections per second while connecting (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     connect_rate: u32,
@@ -119,6 +131,9 @@ struct FanoutArgs {
     /// Seconds to wait for deliveries after the last publish.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
+    /// The node (1 = the first `--addr`) the publisher connects to.
+    #[arg(long, default_value_t = 1)]
+    publish_on: usize,
 }
 
 #[derive(Args)]
@@ -143,6 +158,10 @@ struct RoomsArgs {
     /// Seconds to wait for deliveries after the last publish.
     #[arg(long, default_value_t = 10.0)]
     drain: f64,
+    /// With several nodes: every member of room r on node r mod N (by
+    /// default the members of each room go round-robin over the nodes).
+    #[arg(long)]
+    whole_rooms: bool,
 }
 
 #[derive(Args)]
@@ -155,7 +174,14 @@ struct ChurnArgs {
 }
 
 impl Common {
-    fn target(&self) -> Target {
+    /// One target per `--addr`, in order.
+    fn targets(&self) -> Vec<Arc<Target>> {
+        (0..self.addrs.len())
+            .map(|node| Arc::new(self.target(node)))
+            .collect()
+    }
+
+    fn target(&self, node: usize) -> Target {
         let protocol = match self.protocol {
             ProtocolArg::Native => Protocol::Native,
             ProtocolArg::Socketio => Protocol::SocketIo {
@@ -173,9 +199,10 @@ impl Common {
             .to_owned()
         });
         Target {
-            addr: self.addr,
+            addr: self.addrs[node],
             path,
             protocol,
+            node,
         }
     }
 
@@ -202,10 +229,37 @@ fn loopback_only(addr: &SocketAddr) -> Result<(), String> {
     }
 }
 
-/// Opens `n` connections (joined to `room`, if any) at the configured pace.
+/// Every target must be on loopback, and `--publish-on` must name one of them.
+fn check_targets(addrs: &[SocketAddr], publish_on: usize) -> Result<(), String> {
+    if addrs.is_empty() {
+        return Err("no --addr given".into());
+    }
+    addrs.iter().try_for_each(loopback_only)?;
+    if publish_on == 0 || publish_on > addrs.len() {
+        return Err(format!(
+            "--publish-on {publish_on}: there are {} targets (1..={})",
+            addrs.len(),
+            addrs.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Connections per node when `n` connections numbered from `first_index`
+/// go round-robin over `nodes` nodes (connection i to node i mod `nodes`).
+fn spread(first_index: usize, n: usize, nodes: usize) -> Vec<usize> {
+    let mut per_node = vec![0; nodes];
+    for i in first_index..first_index + n {
+        per_node[i % nodes] += 1;
+    }
+    per_node
+}
+
+/// Opens `n` connections (joined to `room`, if any) at the configured pace,
+/// connection i to node i mod the number of targets.
 async fn open_many(
     common: &Common,
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
     n: usize,
     first_index: usize,
     room: Option<String>,
@@ -227,9 +281,10 @@ async fn open_many(
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
-        let (target, room) = (target.clone(), room.clone());
+        let index = first_index + i;
+        let (target, room) = (targets[index % targets.len()].clone(), room.clone());
         handles.push(tokio::spawn(async move {
-            let c = Conn::open(&target, first_index + i).await;
+            let c = Conn::open(&target, index).await;
             let c = match (c, room) {
                 (Ok(mut c), Some(r)) => c.join(&r).await.map(|_| c),
                 (c, _) => c,
@@ -253,11 +308,11 @@ async fn open_many(
 }
 
 async fn idle(a: IdleArgs) -> Result<serde_json::Value, String> {
-    let target = Arc::new(a.common.target());
-    let before = a.common.pid.map(rss_kb);
-    let (conns, connect_s) = open_many(&a.common, &target, a.clients, 0, None, None).await?;
+    let targets = a.common.targets();
+    let before = rss_total_kb(&a.common.pids);
+    let (conns, connect_s) = open_many(&a.common, &targets, a.clients, 0, None, None).await?;
     tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
-    let after = a.common.pid.map(rss_kb);
+    let after = rss_total_kb(&a.common.pids);
     let per_conn = match (before, after) {
         (Some(b), Some(af)) => Some((af as f64 - b as f64) / a.clients as f64),
         _ => None,
@@ -294,6 +349,11 @@ async fn publish(
             tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
         }
         publisher.publish(room, sent, rec.now_ns(), a.size).await?;
+        if a.rate > 0.0 {
+            // The sink holds a fed message back until the next feed or a flush:
+            // without this, every paced message would leave one interval late.
+            publisher.flush().await?;
+        }
         sent += 1;
     }
     publisher.flush().await?;
@@ -308,31 +368,32 @@ async fn wait_for(rec: &Recorder, expected: u64, drain: f64) {
 }
 
 async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, String> {
-    let target = Arc::new(a.common.target());
-    let rec = Arc::new(Recorder::new());
-    let rss_before = a.common.pid.map(rss_kb);
+    let targets = a.common.targets();
+    let rec = Arc::new(Recorder::new(targets.len()));
+    let rss_before = rss_total_kb(&a.common.pids);
     let (subs, connect_s) = open_many(
         &a.common,
-        &target,
+        &targets,
         a.clients,
         0,
         Some("bench".into()),
         Some(rec.clone()),
     )
     .await?;
-    let mut publisher = Conn::open(&target, a.clients + 1).await?;
+    let publish_on = targets[a.publish_on - 1].clone();
+    let mut publisher = Conn::open(&publish_on, a.clients + 1).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let cycles = Arc::new(AtomicU64::new(0));
     let churner = churn.map(|rate| {
-        let (target, stop, cycles) = (target.clone(), stop.clone(), cycles.clone());
+        let (targets, stop, cycles) = (targets.clone(), stop.clone(), cycles.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let at = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-                let (target, cycles) = (target.clone(), cycles.clone());
                 let index = 1_000_000 + (i as usize % 500_000);
+                let (target, cycles) = (targets[index % targets.len()].clone(), cycles.clone());
                 tokio::spawn(async move {
                     if let Ok(mut c) = Conn::open(&target, index).await {
                         if c.join("bench").await.is_ok() {
@@ -357,10 +418,25 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
     }
     let cpu = cpu_seconds() - cpu0;
     let wall = t0.elapsed().as_secs_f64();
-    let rss_after = a.common.pid.map(rss_kb);
+    let rss_after = rss_total_kb(&a.common.pids);
     let delivered = rec.delivered();
     let active = rec.active_seconds();
     drop(subs);
+    let per_node: Vec<serde_json::Value> = spread(0, a.clients, targets.len())
+        .into_iter()
+        .enumerate()
+        .map(|(node, subscribers)| {
+            let (expected, delivered) = (sent * subscribers as u64, rec.delivered_by(node));
+            json!({
+                "addr": targets[node].addr.to_string(),
+                "subscribers": subscribers,
+                "expected": expected,
+                "delivered": delivered,
+                "lost": expected.saturating_sub(delivered),
+                "latency_ms": rec.latency_json_of(node),
+            })
+        })
+        .collect();
     let mut out = json!({
         "scenario": if churn.is_some() { "churn" } else { "fanout" },
         "clients": a.clients,
@@ -372,12 +448,17 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
         "expected": expected,
         "delivered": delivered,
         "lost": expected.saturating_sub(delivered),
+        "out_of_order": rec.out_of_order(),
         "deliveries_per_sec": delivered as f64 / active.max(1e-9),
         "latency_ms": rec.latency_json(),
         "client_cpu_pct": 100.0 * cpu / wall,
         "rss_before_kb": rss_before,
         "rss_after_kb": rss_after,
+        "publish_on": publish_on.addr.to_string(),
     });
+    if targets.len() > 1 {
+        out["per_target"] = json!(per_node);
+    }
     if churn.is_some() {
         out["churn_cycles"] = json!(cycles.load(Ordering::Relaxed));
         out["churn_cycles_per_sec"] = json!(cycles.load(Ordering::Relaxed) as f64 / wall);
@@ -386,14 +467,20 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
 }
 
 async fn rooms(a: RoomsArgs) -> Result<serde_json::Value, String> {
-    let target = Arc::new(a.common.target());
-    let rec = Arc::new(Recorder::new());
+    let targets = a.common.targets();
+    let rec = Arc::new(Recorder::new(targets.len()));
     let mut members: Vec<(usize, Conn)> = Vec::new();
     let started = Instant::now();
+    let n = targets.len();
     for r in 0..a.rooms {
+        let on = if a.whole_rooms {
+            &targets[r % n..r % n + 1]
+        } else {
+            &targets[..]
+        };
         let (conns, _) = open_many(
             &a.common,
-            &target,
+            on,
             a.members,
             r * a.members,
             Some(format!("room-{r}")),
@@ -446,9 +533,29 @@ async fn rooms(a: RoomsArgs) -> Result<serde_json::Value, String> {
     let cpu = cpu_seconds() - cpu0;
     let wall = t0.elapsed().as_secs_f64();
     let delivered = rec.delivered();
-    let rss = a.common.pid.map(rss_kb);
+    let rss = rss_total_kb(&a.common.pids);
     drop(conns);
-    Ok(json!({
+    let members_per_node = if a.whole_rooms {
+        spread(0, a.rooms, n)
+            .iter()
+            .map(|r| r * a.members)
+            .collect()
+    } else {
+        spread(0, a.rooms * a.members, n)
+    };
+    let per_node: Vec<serde_json::Value> = members_per_node
+        .into_iter()
+        .enumerate()
+        .map(|(node, members)| {
+            json!({
+                "addr": targets[node].addr.to_string(),
+                "members": members,
+                "delivered": rec.delivered_by(node),
+                "latency_ms": rec.latency_json_of(node),
+            })
+        })
+        .collect();
+    let mut out = json!({
         "scenario": "rooms",
         "rooms": a.rooms,
         "members": a.members,
@@ -463,7 +570,12 @@ async fn rooms(a: RoomsArgs) -> Result<serde_json::Value, String> {
         "latency_ms": rec.latency_json(),
         "client_cpu_pct": 100.0 * cpu / wall,
         "rss_after_kb": rss,
-    }))
+        "whole_rooms": a.whole_rooms,
+    });
+    if targets.len() > 1 {
+        out["per_target"] = json!(per_node);
+    }
+    Ok(out)
 }
 
 #[tokio::main]
@@ -475,7 +587,12 @@ async fn main() {
         Scenario::Rooms(a) => a.common.clone(),
         Scenario::Churn(a) => a.fanout.common.clone(),
     };
-    if let Err(e) = loopback_only(&common.addr) {
+    let publish_on = match &cli.scenario {
+        Scenario::Fanout(a) => a.publish_on,
+        Scenario::Churn(a) => a.fanout.publish_on,
+        _ => 1,
+    };
+    if let Err(e) = check_targets(&common.addrs, publish_on) {
         eprintln!("roomcast-bench: {e}");
         std::process::exit(2);
     }
@@ -492,12 +609,67 @@ async fn main() {
         Ok(mut v) => {
             v["protocol"] = json!(common.protocol_name());
             v["label"] = json!(common.label);
-            v["addr"] = json!(common.addr.to_string());
+            v["addr"] = json!(common.addrs[0].to_string());
+            v["addrs"] = json!(common
+                .addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>());
+            v["targets"] = json!(common.addrs.len());
             println!("{v}");
         }
         Err(e) => {
             eprintln!("roomcast-bench: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_round_robin_over_the_nodes() {
+        assert_eq!(spread(0, 7, 3), vec![3, 2, 2]);
+        assert_eq!(spread(0, 5, 1), vec![5]);
+        // The members of room 1 of 4 members each are connections 4..8.
+        assert_eq!(spread(4, 4, 3), vec![1, 2, 1]);
+    }
+
+    #[test]
+    fn every_target_is_checked() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:2".parse().unwrap();
+        let far: SocketAddr = "10.0.0.1:3".parse().unwrap();
+        assert!(check_targets(&[a, b], 2).is_ok());
+        assert!(check_targets(&[a, far], 1)
+            .unwrap_err()
+            .contains("loopback"));
+        assert!(check_targets(&[a, b], 3)
+            .unwrap_err()
+            .contains("--publish-on"));
+        assert!(check_targets(&[a], 0).is_err());
+    }
+
+    #[test]
+    fn targets_may_be_repeated_or_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "roomcast-bench",
+            "fanout",
+            "--addr",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--target",
+            "127.0.0.1:3",
+            "--pid",
+            "10,11",
+        ])
+        .unwrap();
+        let Scenario::Fanout(a) = cli.scenario else {
+            panic!("not fanout")
+        };
+        assert_eq!(a.common.addrs.len(), 3);
+        assert_eq!(a.common.pids, vec![10, 11]);
+        assert_eq!(a.publish_on, 1);
     }
 }

@@ -10,26 +10,36 @@ use tokio::sync::Notify;
 
 const SHARDS: usize = 32;
 
-/// Counts deliveries and records publish→receive latency, from many tasks.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 300_000_000, 3).expect("valid bounds")
+}
+
+/// Counts deliveries and records publish→receive latency, from many tasks,
+/// in total and per group (the target a connection is on).
 pub struct Recorder {
     epoch: Instant,
+    /// `SHARDS` histograms per group, group-major.
     shards: Vec<Mutex<Histogram<u64>>>,
     delivered: AtomicU64,
+    delivered_by_group: Vec<AtomicU64>,
+    out_of_order: AtomicU64,
     started_ns: AtomicU64,
     last_ns: AtomicU64,
     progress: Notify,
 }
 
 impl Recorder {
-    pub fn new() -> Recorder {
+    /// A recorder for connections in `groups` groups (at least one).
+    pub fn new(groups: usize) -> Recorder {
+        let groups = groups.max(1);
         Recorder {
             epoch: Instant::now(),
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Histogram::new_with_bounds(1, 300_000_000, 3).expect("valid bounds"))
-                })
+            shards: (0..SHARDS * groups)
+                .map(|_| Mutex::new(histogram()))
                 .collect(),
             delivered: AtomicU64::new(0),
+            delivered_by_group: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+            out_of_order: AtomicU64::new(0),
             started_ns: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
             progress: Notify::new(),
@@ -46,27 +56,43 @@ impl Recorder {
         self.started_ns.store(self.now_ns(), Ordering::Relaxed);
     }
 
-    /// Records a batch of latencies (µs) seen by one connection.
-    pub fn record(&self, shard: usize, latencies_us: &[u64]) {
+    /// Records a batch of latencies (µs) seen by one connection of `group`.
+    pub fn record(&self, group: usize, shard: usize, latencies_us: &[u64]) {
         if latencies_us.is_empty() {
             return;
         }
+        let group = group % self.delivered_by_group.len();
         {
-            let mut h = self.shards[shard % SHARDS]
+            let mut h = self.shards[group * SHARDS + shard % SHARDS]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             for &l in latencies_us {
                 h.saturating_record(l.max(1));
             }
         }
-        self.delivered
-            .fetch_add(latencies_us.len() as u64, Ordering::Relaxed);
+        let n = latencies_us.len() as u64;
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+        self.delivered_by_group[group].fetch_add(n, Ordering::Relaxed);
         self.last_ns.fetch_max(self.now_ns(), Ordering::Relaxed);
         self.progress.notify_waiters();
     }
 
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn delivered_by(&self, group: usize) -> u64 {
+        self.delivered_by_group[group].load(Ordering::Relaxed)
+    }
+
+    /// A connection received a message whose sequence number is not above the
+    /// highest it had seen (meaningful when one publisher numbers them).
+    pub fn record_out_of_order(&self) {
+        self.out_of_order.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order.load(Ordering::Relaxed)
     }
 
     /// Waits for more deliveries, at most `max`.
@@ -81,20 +107,35 @@ impl Recorder {
         last.saturating_sub(start) as f64 / 1e9
     }
 
+    /// Latency percentiles in ms over every group.
     pub fn latency_json(&self) -> serde_json::Value {
-        let mut all = Histogram::<u64>::new_with_bounds(1, 300_000_000, 3).expect("valid bounds");
-        for s in &self.shards {
-            let _ = all.add(&*s.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        if all.is_empty() {
-            return serde_json::Value::Null;
-        }
-        let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "p999": ms(0.999),
-            "max": all.max() as f64 / 1000.0, "mean": all.mean() / 1000.0,
-        })
+        percentiles(&self.shards)
     }
+
+    /// Latency percentiles in ms over one group.
+    pub fn latency_json_of(&self, group: usize) -> serde_json::Value {
+        percentiles(&self.shards[group * SHARDS..(group + 1) * SHARDS])
+    }
+}
+
+fn percentiles(shards: &[Mutex<Histogram<u64>>]) -> serde_json::Value {
+    let mut all = histogram();
+    for s in shards {
+        let _ = all.add(&*s.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    if all.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "p999": ms(0.999),
+        "max": all.max() as f64 / 1000.0, "mean": all.mean() / 1000.0,
+    })
+}
+
+/// Resident memory of the processes together, in KiB (`None` without any).
+pub fn rss_total_kb(pids: &[u32]) -> Option<u64> {
+    (!pids.is_empty()).then(|| pids.iter().map(|&p| rss_kb(p)).sum())
 }
 
 /// Resident memory of a process, in KiB (0 if it cannot be read).
