@@ -448,6 +448,16 @@ async fn long_polling_needs_no_sticky_sessions() {
     nodes[1]
         .api("join", json!({"conn": socket, "room": "poll"}))
         .await;
+    // The join runs on node 0 after the API answered: wait until node 0
+    // listens to the room (a Socket.IO client gets no notice of it).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while redis.subscribers("roomcast:room:poll") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0 never subscribed to the room"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     nodes[2]
         .api(
             "publish",

@@ -12,7 +12,7 @@ mod select;
 
 pub use select::Selection;
 
-use crate::broker::{Broker, EnvelopeSink, Health, MemoryBroker, MetricSample};
+use crate::broker::{Broker, BrokerError, EnvelopeSink, Health, MemoryBroker, MetricSample};
 use crate::error::*;
 use crate::id::ConnIdGen;
 use crate::presence::{
@@ -20,8 +20,8 @@ use crate::presence::{
 };
 use crate::room::{validate_room_name, RoomRules, DEFAULT_MAX_ROOM_NAME};
 use crate::{
-    Command, ConnId, Disconnect, Envelope, Frame, NodeId, Outbox, Payload, PresenceEvent,
-    PresenceKind, Protocol, Publication, PushError, Target, Who,
+    BoxFuture, Command, ConnId, Disconnect, Envelope, Frame, NodeId, Outbox, Payload,
+    PresenceEvent, PresenceKind, Protocol, Publication, PushError, Target, Who,
 };
 
 /// Limits and room rules of a hub. `Default` gives the documented defaults.
@@ -554,6 +554,38 @@ impl Hub {
     /// Sends a publication to its target on every node. Returns how many local
     /// connections it reached.
     pub async fn publish(&self, publication: Publication) -> Result<usize, PublishError> {
+        let (delivered, sent) = self.publish_start(publication)?;
+        if let Some(sent) = sent {
+            sent.await
+                .map_err(|source| PublishError::Broker { delivered, source })?;
+        }
+        Ok(delivered)
+    }
+
+    /// Like [`publish`](Hub::publish), but returns once the publication is
+    /// delivered locally and handed to the broker, without waiting for the
+    /// broker to confirm it is on its way to the other nodes. The order of
+    /// publications is the same; an error comes back only when the broker
+    /// refuses at once (a known outage), later failures are logged and counted
+    /// by the broker. For clients that asked for no acknowledgement.
+    pub fn publish_detached(&self, publication: Publication) -> Result<usize, PublishError> {
+        let (delivered, sent) = self.publish_start(publication)?;
+        if let Some(mut sent) = sent {
+            // Poll once: an immediate refusal is reported, anything else is left to run.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(Err(source)) = sent.as_mut().poll(&mut cx) {
+                return Err(PublishError::Broker { delivered, source });
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Validates, delivers locally and hands the publication to the broker;
+    /// returns the local count and the broker's confirmation, if it needs one.
+    fn publish_start(
+        &self,
+        publication: Publication,
+    ) -> Result<(usize, Option<BoxFuture<'_, Result<(), BrokerError>>>), PublishError> {
         if !valid_event(&publication.event) {
             return Err(PublishError::InvalidEvent);
         }
@@ -569,28 +601,30 @@ impl Hub {
         let payload = Payload::Publication(Arc::new(publication));
         let delivered = self.deliver_local(&payload);
         if local_only {
-            return Ok(delivered);
+            return Ok((delivered, None));
         }
-        self.to_other_nodes(payload)
-            .await
-            .map_err(|source| PublishError::Broker { delivered, source })?;
-        Ok(delivered)
+        Ok((delivered, Some(self.to_other_nodes(payload))))
     }
 
-    async fn to_other_nodes(&self, payload: Payload) -> Result<(), crate::broker::BrokerError> {
+    /// Hands an envelope to the broker now (its place in this node's order is
+    /// fixed by this call); the future is the broker's confirmation.
+    fn to_other_nodes(&self, payload: Payload) -> BoxFuture<'_, Result<(), BrokerError>> {
         let env = Envelope {
             origin: self.inner.node,
             payload,
         };
-        let r = self.inner.broker.publish(env).await;
-        if let Err(e) = &r {
-            self.inner
-                .metrics
-                .backend_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "broker publish failed");
-        }
-        r
+        let sent = self.inner.broker.publish(env);
+        Box::pin(async move {
+            let r = sent.await;
+            if let Err(e) = &r {
+                self.inner
+                    .metrics
+                    .backend_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "broker publish failed");
+            }
+            r
+        })
     }
 
     /// Queues a payload for every matching local connection, encoding it once per protocol.
@@ -1113,12 +1147,21 @@ impl Connection {
     }
 
     /// Publishes as this connection: the publication carries it as the sender.
-    pub async fn publish(&self, mut publication: Publication) -> Result<usize, PublishError> {
+    pub async fn publish(&self, publication: Publication) -> Result<usize, PublishError> {
+        self.hub.publish(self.as_sender(publication)).await
+    }
+
+    /// [`Hub::publish_detached`] as this connection.
+    pub fn publish_detached(&self, publication: Publication) -> Result<usize, PublishError> {
+        self.hub.publish_detached(self.as_sender(publication))
+    }
+
+    fn as_sender(&self, mut publication: Publication) -> Publication {
         publication.from = Some(crate::Sender {
             conn: self.state.id,
             user: self.user(),
         });
-        self.hub.publish(publication).await
+        publication
     }
 
     /// Merges `data` into the session data: each key is set, or removed when its value is null.

@@ -89,30 +89,35 @@ impl Broker for RedisBroker {
     }
 
     /// Queues the envelope for the node's publisher task, which sends queued
-    /// envelopes to Redis in pipelined batches, in order. A connection that
-    /// publishes is not held up by the round trip to Redis; an error comes
-    /// back at once while Redis is known to be down or the queue is full, and
-    /// a batch that fails later is logged and counted
-    /// (`roomcast_redis_unsent_total`).
+    /// envelopes to Redis in pipelined batches, in order; the future resolves
+    /// when its batch was sent. An error comes back at once while Redis is
+    /// known to be down or the queue is full. (Callers that do not wait see
+    /// later failures in the log and in `roomcast_redis_unsent_total`.)
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let r = if self.shared.outage.load(Ordering::Acquire) {
-            Err(BrokerError("redis unavailable".into()))
-        } else {
-            let channel = self.channel(envelope.route());
-            let bytes = wire::encode(&envelope);
-            self.shared
-                .outgoing
-                .try_send((channel, bytes))
-                .map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        BrokerError("redis publish queue full".into())
-                    }
-                    mpsc::error::TrySendError::Closed(_) => {
-                        BrokerError("redis publisher stopped".into())
-                    }
-                })
-        };
-        Box::pin(std::future::ready(r))
+        if self.shared.outage.load(Ordering::Acquire) {
+            return Box::pin(std::future::ready(Err(BrokerError(
+                "redis unavailable".into(),
+            ))));
+        }
+        let (done, sent) = oneshot::channel();
+        let queued = self.shared.outgoing.try_send(Outgoing {
+            channel: self.channel(envelope.route()),
+            bytes: wire::encode(&envelope),
+            done,
+        });
+        if let Err(e) = queued {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "redis publish queue full",
+                mpsc::error::TrySendError::Closed(_) => "redis publisher stopped",
+            };
+            return Box::pin(std::future::ready(Err(BrokerError(why.into()))));
+        }
+        Box::pin(async move {
+            match sent.await {
+                Ok(r) => r.map_err(BrokerError),
+                Err(_) => Err(BrokerError("redis publisher stopped".into())),
+            }
+        })
     }
 
     fn subscribe_room(&self, _: NodeId, room: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -213,14 +218,19 @@ impl Broker for RedisBroker {
     }
 }
 
+/// One envelope waiting for the publisher task.
+pub(crate) struct Outgoing {
+    channel: String,
+    bytes: Vec<u8>,
+    /// Told how the batch went.
+    done: oneshot::Sender<Result<(), String>>,
+}
+
 /// The most envelopes one pipelined batch carries.
 const PUBLISH_BATCH: usize = 1024;
 
 /// The publisher task: sends queued envelopes to Redis in pipelined batches, in order.
-pub(crate) async fn publisher(
-    shared: Arc<Shared>,
-    mut outgoing: mpsc::Receiver<(String, Vec<u8>)>,
-) {
+pub(crate) async fn publisher(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
         tokio::select! {
@@ -235,12 +245,12 @@ pub(crate) async fn publisher(
             let _ = tokio::time::timeout(shared.config.command_timeout, up.wait_for(|u| *u)).await;
         }
         let sent = match shared.conn() {
-            Ok(conn) => send(&shared, conn, &mut batch).await,
-            Err(e) => {
-                batch.clear();
-                Err(e)
-            }
+            Ok(conn) => send(&shared, conn, &batch).await,
+            Err(e) => Err(e),
         };
+        for item in batch.drain(..) {
+            let _ = item.done.send(sent.clone());
+        }
         match sent {
             Ok(()) => {
                 shared.metrics.published.fetch_add(n, Ordering::Relaxed);
@@ -260,25 +270,25 @@ pub(crate) async fn publisher(
 async fn send(
     shared: &Shared,
     mut conn: crate::Commands,
-    batch: &mut Vec<(String, Vec<u8>)>,
+    batch: &[Outgoing],
 ) -> Result<(), String> {
     let cmd = shared.publish_cmd();
     if !shared.config.cluster {
         let mut pipe = redis::pipe();
-        for (channel, bytes) in batch.drain(..) {
-            pipe.cmd(cmd).arg(channel).arg(bytes).ignore();
+        for item in batch {
+            pipe.cmd(cmd).arg(&item.channel).arg(&item.bytes).ignore();
         }
         return pipe
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| e.to_string());
     }
-    let sends = batch.drain(..).map(|(channel, bytes)| {
+    let sends = batch.iter().map(|item| {
         let mut conn = conn.clone();
         async move {
             redis::cmd(cmd)
-                .arg(channel)
-                .arg(bytes)
+                .arg(&item.channel)
+                .arg(&item.bytes)
                 .query_async::<()>(&mut conn)
                 .await
         }

@@ -183,7 +183,7 @@ pub(crate) struct Shared {
     pub(crate) emitters: OnceLock<emitter::Bridge>,
     pub(crate) stop: tokio_util::sync::CancellationToken,
     /// Envelopes for other nodes (channel, bytes), for the publisher task.
-    pub(crate) outgoing: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    pub(crate) outgoing: tokio::sync::mpsc::Sender<broker::Outgoing>,
     /// Subscription changes, for the subscriber task.
     pub(crate) requests: tokio::sync::mpsc::UnboundedSender<broker::SubRequest>,
 }

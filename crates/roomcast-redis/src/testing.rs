@@ -94,6 +94,20 @@ impl RedisServer {
         self.port
     }
 
+    /// How many connections subscribe to `channel` (`PUBSUB NUMSUB`); 0 when
+    /// the server does not answer.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| {
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(channel)
+                    .query::<(String, usize)>(&mut c)
+            })
+            .map_or(0, |(_, n)| n)
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients, data lost).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -338,7 +338,7 @@ impl Task {
                 return Inbound::Continue;
             }
         };
-        match self.execute(command).await {
+        match self.execute(command, id.is_some()).await {
             Ok(Some(fields)) => {
                 if let Some(id) = id {
                     self.reply(native::encode_ack(id, fields));
@@ -358,9 +358,15 @@ impl Task {
     }
 
     /// Runs a command; `Ok(Some(fields))` is acknowledged with those fields.
+    ///
+    /// A publication the client wants acknowledged (`acked`) is answered once
+    /// the broker confirmed it is on its way to the other nodes; one without an
+    /// `id` is only handed over, so that a client publishing a stream is not
+    /// held up by a round trip per message. Both keep their order.
     async fn execute(
         &mut self,
         command: ClientCommand,
+        acked: bool,
     ) -> Result<Option<serde_json::Value>, Refusal> {
         let s = self.server.inner();
         let conn = &self.conn;
@@ -373,12 +379,16 @@ impl Task {
                 "authenticate first with {\"type\":\"auth\",...}",
             ));
         }
-        let publish = |target: Target, event: String, data, exclude: bool| {
+        let publish = |target: Target, event: String, data, exclude: bool| async move {
             let mut p = Publication::new(target, event, data);
             if exclude {
                 p.exclude = Some(conn.id());
             }
-            conn.publish(p)
+            if acked {
+                conn.publish(p).await
+            } else {
+                conn.publish_detached(p)
+            }
         };
         Ok(Some(match command {
             ClientCommand::Auth { token, user } => {

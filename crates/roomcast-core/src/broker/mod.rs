@@ -71,6 +71,11 @@ pub trait Broker: Send + Sync + 'static {
     fn attach(&self, node: NodeId, sink: Arc<dyn EnvelopeSink>);
 
     /// Carries an envelope to every other node that needs it.
+    ///
+    /// The envelope takes its place in the node's order when this is called,
+    /// not when the future is polled: envelopes reach each other node in the
+    /// order of the calls. The future resolves once the envelope is on its way
+    /// (or failed); dropping it does not withdraw the envelope.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>>;
 
     /// The node now has members in `room`: deliver that room's envelopes to it.
