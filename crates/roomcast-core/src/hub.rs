@@ -172,6 +172,9 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
+/// The broker's confirmation that an envelope is on its way to the other nodes.
+type Confirmation<'a> = BoxFuture<'a, Result<(), BrokerError>>;
+
 /// A hub reference that does not keep the hub alive; see [`Hub::downgrade`].
 #[derive(Clone, Debug)]
 pub struct WeakHub(std::sync::Weak<Inner>);
@@ -585,7 +588,7 @@ impl Hub {
     fn publish_start(
         &self,
         publication: Publication,
-    ) -> Result<(usize, Option<BoxFuture<'_, Result<(), BrokerError>>>), PublishError> {
+    ) -> Result<(usize, Option<Confirmation<'_>>), PublishError> {
         if !valid_event(&publication.event) {
             return Err(PublishError::InvalidEvent);
         }
@@ -608,7 +611,7 @@ impl Hub {
 
     /// Hands an envelope to the broker now (its place in this node's order is
     /// fixed by this call); the future is the broker's confirmation.
-    fn to_other_nodes(&self, payload: Payload) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn to_other_nodes(&self, payload: Payload) -> Confirmation<'_> {
         let env = Envelope {
             origin: self.inner.node,
             payload,
