@@ -233,6 +233,22 @@ async fn three_nodes_act_as_one() {
         cl.expect_events(&["hi", "fence"]).await;
     }
 
+    // Without an id nothing waits for Redis; the order is kept all the same.
+    for event in ["n1", "n2", "n3"] {
+        let frame = json!({"type": "publish", "room": "lobby", "event": event});
+        alice
+            .ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    alice
+        .call(json!({"type": "publish", "room": "lobby", "event": "acked"}))
+        .await;
+    for cl in [&mut alice, &mut bob, &mut carol, &mut alice2] {
+        cl.expect_events(&["n1", "n2", "n3", "acked"]).await;
+    }
+
     // A user send from node B reaches both of alice's connections (A and C) once.
     b.api(
         "send",

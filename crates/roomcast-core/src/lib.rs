@@ -7,6 +7,9 @@
 //! - [`Hub`] (`hub.rs`): the local index of connections, rooms and users;
 //!   join/leave, publish, server-side commands, presence queries, shutdown.
 //! - [`Connection`]: one open connection, owned by its protocol task.
+//! - [`Selection`] (`hub/select.rs`): actions on the local connections a
+//!   namespace/room/except selection picks, for messages that every node
+//!   applies to its own connections (Socket.IO emitters on Redis).
 //! - [`Outbox`] (`outbox.rs`): a connection's byte-bounded outgoing queue; a
 //!   client that cannot keep up is disconnected, never waited on.
 //! - [`Protocol`] (`protocol.rs`): how a wire format encodes what the hub sends;
