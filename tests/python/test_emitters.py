@@ -40,6 +40,7 @@ import requests
 import socketio
 import websocket
 
+import inbox
 from emitter_ops import NoLocalServer
 
 #: Bound for one expected event, ack, frame or HTTP answer (seconds).
@@ -231,32 +232,9 @@ def manager(cluster):
 # Clients
 
 
-class Inbox:
+class Inbox(inbox.Inbox):
     def __init__(self, name):
-        self.name = name
-        self.items = []
-        self.cond = threading.Condition()
-
-    def push(self, item):
-        with self.cond:
-            self.items.append(item)
-            self.cond.notify_all()
-
-    def wait_for(self, pred, what, timeout=STEP):
-        with self.cond:
-            found = []
-
-            def check():
-                found[:] = [m for m in self.items if pred(m)][:1]
-                return bool(found)
-
-            if not self.cond.wait_for(check, timeout=timeout):
-                raise AssertionError(f"timed out after {timeout} s: {self.name}: {what}; got {self.items!r}")
-            return found[0]
-
-    def snapshot(self):
-        with self.cond:
-            return list(self.items)
+        super().__init__(name, STEP)
 
 
 class SioClient:

@@ -22,6 +22,8 @@ import uuid
 import pytest
 import socketio
 
+import inbox
+
 #: Bound for one expected event, ack or connection (seconds).
 STEP = 5.0
 #: Bound for the server to print its listening line, and to exit (seconds).
@@ -98,29 +100,11 @@ def server_url():
 # Clients
 
 
-class Inbox:
+class Inbox(inbox.Inbox):
     """The ``my_response`` messages of one client, with bounded waits."""
 
     def __init__(self):
-        self.items = []
-        self.cond = threading.Condition()
-
-    def push(self, item):
-        with self.cond:
-            self.items.append(item)
-            self.cond.notify_all()
-
-    def wait_for(self, pred, what, timeout=STEP):
-        with self.cond:
-            found = []
-
-            def check():
-                found[:] = [m for m in self.items if pred(m)][:1]
-                return bool(found)
-
-            if not self.cond.wait_for(check, timeout=timeout):
-                raise AssertionError(f"timed out after {timeout} s waiting for my_response {what}; got {self.items!r}")
-            return found[0]
+        super().__init__("my_response", STEP)
 
     def data(self, data, timeout=STEP):
         return self.wait_for(lambda m: isinstance(m, dict) and m.get("data") == data, repr(data), timeout)
