@@ -53,6 +53,12 @@ struct ServeArgs {
     /// Accept Socket.IO emitters on Redis: python-socketio, socket.io (comma-separated)
     #[arg(long, value_name = "LIST")]
     emitters: Option<String>,
+    /// Authentication mode: open (development), token (JWT), proxy (ask the backend)
+    #[arg(long, value_name = "MODE")]
+    auth: Option<String>,
+    /// Secret of HS256 connection tokens (`--auth token --jwt-secret S`) [env: ROOMCAST_AUTH_JWT_SECRET]
+    #[arg(long, value_name = "SECRET")]
+    jwt_secret: Option<String>,
 }
 
 impl ServeArgs {
@@ -72,6 +78,12 @@ impl ServeArgs {
         }
         if let Some(e) = &self.emitters {
             flags.push(("broker.emitters", e.clone()));
+        }
+        if let Some(a) = &self.auth {
+            flags.push(("auth.mode", a.clone()));
+        }
+        if let Some(s) = &self.jwt_secret {
+            flags.push(("auth.jwt.secret", s.clone()));
         }
         let file = self
             .config

@@ -60,6 +60,13 @@ impl Disconnect {
     pub const HEARTBEAT_TIMEOUT: Disconnect = Disconnect::known(4002, "heartbeat timeout");
     /// 4003: the server is at `limits.max_connections`.
     pub const SERVER_FULL: Disconnect = Disconnect::known(4003, "server full");
+    /// 4004: the authentication backend (`proxy.connect_url`) failed or did not
+    /// answer in time; reconnect later.
+    pub const AUTH_UNAVAILABLE: Disconnect =
+        Disconnect::known(4004, "authentication backend unavailable");
+    /// 4005: the client kept sending after its messages were refused for
+    /// `limits.message_rate`; reconnect after a pause.
+    pub const RATE_LIMITED: Disconnect = Disconnect::known(4005, "message rate limit exceeded");
     /// 4500: the server's HTTP API (or the embedding application) disconnected the client.
     pub const BY_SERVER: Disconnect = Disconnect::known(4500, "disconnected by server");
     /// 4501: the client did not authenticate within `auth.timeout_ms`.
@@ -68,6 +75,11 @@ impl Disconnect {
     pub const AUTH_FAILED: Disconnect = Disconnect::known(4502, "authentication failed");
     /// 4503: the client broke the protocol in a way that cannot be answered with an error frame.
     pub const PROTOCOL_ERROR: Disconnect = Disconnect::known(4503, "protocol error");
+    /// 4504: the connection's token expired and no fresh one was presented in time.
+    pub const TOKEN_EXPIRED: Disconnect = Disconnect::known(4504, "token expired");
+    /// 4505: the user already has `limits.max_connections_per_user` connections on this node.
+    pub const TOO_MANY_CONNECTIONS: Disconnect =
+        Disconnect::known(4505, "too many connections for this user");
 
     /// Every code of the table, for documentation and tests.
     pub const TABLE: &'static [Disconnect] = &[
@@ -78,10 +90,14 @@ impl Disconnect {
         Disconnect::SLOW,
         Disconnect::HEARTBEAT_TIMEOUT,
         Disconnect::SERVER_FULL,
+        Disconnect::AUTH_UNAVAILABLE,
+        Disconnect::RATE_LIMITED,
         Disconnect::BY_SERVER,
         Disconnect::AUTH_TIMEOUT,
         Disconnect::AUTH_FAILED,
         Disconnect::PROTOCOL_ERROR,
+        Disconnect::TOKEN_EXPIRED,
+        Disconnect::TOO_MANY_CONNECTIONS,
     ];
 }
 

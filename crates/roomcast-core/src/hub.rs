@@ -127,6 +127,7 @@ struct ConnMeta {
     user: Option<Arc<str>>,
     rooms: Vec<String>,
     session: Map<String, Value>,
+    info: Option<Value>,
     closed: bool,
 }
 
@@ -149,6 +150,8 @@ pub struct ConnInfo {
     pub rooms: Vec<String>,
     /// Its session data, when the connection is on this node.
     pub session: Option<Map<String, Value>>,
+    /// Public data about it (a token's `info` claim), when it is on this node.
+    pub info: Option<Value>,
 }
 
 struct Inner {
@@ -1033,6 +1036,7 @@ impl Hub {
                     node: self.inner.node.to_string(),
                     rooms,
                     session: Some(meta.session.clone()),
+                    info: meta.info.clone(),
                 }));
             }
         }
@@ -1047,6 +1051,7 @@ impl Hub {
                 node: p.node.to_string(),
                 rooms: p.rooms,
                 session: None,
+                info: None,
             }))
     }
 }
@@ -1192,6 +1197,17 @@ impl Connection {
     /// The session data.
     pub fn session(&self) -> Map<String, Value> {
         self.state.meta().session.clone()
+    }
+
+    /// Sets the connection's public data (a token's `info` claim), shown by
+    /// [`Hub::connection_info`].
+    pub fn set_info(&self, info: Value) {
+        self.state.meta().info = Some(info);
+    }
+
+    /// The connection's public data.
+    pub fn info(&self) -> Option<Value> {
+        self.state.meta().info.clone()
     }
 
     /// Removes the connection from every room, index and the presence store.

@@ -39,12 +39,51 @@ pub fn validate_room_name(name: &str, max_len: usize) -> Result<(), RoomNameErro
     Ok(())
 }
 
+/// Who may join a room from the client side. The HTTP API, the backend's
+/// proxy actions and Rust code are not bound by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinRule {
+    /// Any connection the server accepted, anonymous ones included.
+    #[default]
+    Anyone,
+    /// Connections with a user id.
+    Authenticated,
+    /// Connections whose token (`rooms` claim) or connect-proxy answer lists the room.
+    Claim,
+    /// Connections the backend approves, asked at each join (`proxy.subscribe_url`).
+    Proxy,
+    /// Nobody: only the server side joins connections to the room.
+    None,
+}
+
+/// Who may publish to a room from the client side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishRule {
+    /// Connections in the room.
+    #[default]
+    Members,
+    /// Any connection allowed to act (anonymous ones only where allowed).
+    Anyone,
+    /// Nobody: only the server side publishes to the room.
+    None,
+}
+
 /// Settings for the rooms whose names match `pattern`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomRule {
     /// A room name, or a glob where `*` matches any run of characters (`chat:*`, `*`).
+    /// `#{user}` matches the acting connection's user id only (`user:#{user}`):
+    /// for another connection the rule does not apply and the next one is tried.
     pub pattern: String,
+    /// Who may join from the client side. Default: `anyone`.
+    #[serde(default)]
+    pub join: JoinRule,
+    /// Who may publish from the client side. Default: `members`.
+    #[serde(default)]
+    pub publish: PublishRule,
     /// Send `presence` join/leave events to members when a user's first connection
     /// joins or their last leaves. Default: true.
     #[serde(default = "yes")]
@@ -66,17 +105,41 @@ impl RoomRule {
     pub fn default_for(pattern: &str) -> RoomRule {
         RoomRule {
             pattern: pattern.to_owned(),
+            join: JoinRule::Anyone,
+            publish: PublishRule::Members,
             join_leave_events: true,
             presence: true,
             max_members: 0,
         }
     }
 
-    /// Whether this rule applies to `room`.
+    /// Whether this rule applies to `room`, whoever acts (`#{user}` matches any user).
     pub fn matches(&self, room: &str) -> bool {
+        if self.pattern.contains(USER_PLACEHOLDER) {
+            let any = self.pattern.replace(USER_PLACEHOLDER, "*");
+            return glob_match(any.as_bytes(), room.as_bytes());
+        }
         glob_match(self.pattern.as_bytes(), room.as_bytes())
     }
+
+    /// Whether this rule applies to `room` when `user` acts: `#{user}` stands
+    /// for that user id alone, and never matches for a connection without one.
+    pub fn matches_for(&self, room: &str, user: Option<&str>) -> bool {
+        if !self.pattern.contains(USER_PLACEHOLDER) {
+            return self.matches(room);
+        }
+        let Some(user) = user else { return false };
+        // `*` in a user id must stay literal: only rooms named for this exact user match.
+        if user.contains('*') {
+            return false;
+        }
+        let own = self.pattern.replace(USER_PLACEHOLDER, user);
+        glob_match(own.as_bytes(), room.as_bytes())
+    }
 }
+
+/// The placeholder for the acting user's id in a rule's pattern.
+pub const USER_PLACEHOLDER: &str = "#{user}";
 
 /// Rules in configuration order; the first whose pattern matches a room applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +168,14 @@ impl RoomRules {
         self.rules
             .iter()
             .find(|r| r.matches(room))
+            .unwrap_or(&self.fallback)
+    }
+
+    /// The rule that applies to `room` when `user` acts (see [`RoomRule::matches_for`]).
+    pub fn for_room_as(&self, room: &str, user: Option<&str>) -> &RoomRule {
+        self.rules
+            .iter()
+            .find(|r| r.matches_for(room, user))
             .unwrap_or(&self.fallback)
     }
 }
@@ -157,6 +228,22 @@ mod tests {
         assert!(!glob_match(b"a*b*c", b"aXXbYY"));
         assert!(glob_match(b"exact", b"exact"));
         assert!(!glob_match(b"exact", b"exactly"));
+    }
+
+    #[test]
+    fn user_placeholder_matches_the_acting_user_only() {
+        let mut own = RoomRule::default_for("user:#{user}");
+        own.join = JoinRule::Authenticated;
+        let mut others = RoomRule::default_for("user:*");
+        others.join = JoinRule::None;
+        let rules = RoomRules::new(vec![own, others]);
+        assert_eq!(rules.for_room_as("user:42", Some("42")).join, JoinRule::Authenticated);
+        assert_eq!(rules.for_room_as("user:42", Some("7")).join, JoinRule::None);
+        assert_eq!(rules.for_room_as("user:42", None).join, JoinRule::None);
+        assert_eq!(rules.for_room_as("user:4*", Some("4*")).join, JoinRule::None);
+        assert_eq!(rules.for_room_as("user:42x", Some("42")).join, JoinRule::None);
+        // Without an actor (hub limits), the placeholder matches any user.
+        assert_eq!(rules.for_room("user:42").join, JoinRule::Authenticated);
     }
 
     #[test]

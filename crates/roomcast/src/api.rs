@@ -19,6 +19,7 @@ use roomcast_core::error::{JoinError, LeaveError, PublishError, QueryError};
 use roomcast_core::room::RoomNameError;
 use roomcast_core::{ConnId, Disconnect, Publication, Target, Who};
 
+use crate::config::ApiScope;
 use crate::Server;
 
 /// An API failure: an HTTP status and a JSON body
@@ -440,7 +441,11 @@ async fn metrics(State(s): State<Server>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(s.hub(), &s.inner().metrics),
+        crate::metrics::render_with(
+            s.hub(),
+            &s.inner().metrics,
+            s.inner().backend.as_deref().map(|b| &b.metrics),
+        ),
     )
         .into_response()
 }
@@ -450,26 +455,56 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Counts requests and errors, and checks the API key.
+/// The routes a `publish`-scoped key may call (below `/api`).
+const PUBLISH_ROUTES: [&str; 3] = ["/publish", "/broadcast", "/send"];
+
+/// Counts requests and errors, and checks the API key and its scope.
 async fn guard(State(s): State<Server>, req: Request, next: Next) -> Response {
     let m = &s.inner().metrics;
     m.api_requests.fetch_add(1, Ordering::Relaxed);
-    let key = &s.inner().config.api.key;
-    if !key.is_empty() {
+    let api = &s.inner().config.api;
+    if api.requires_key() {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !same_key(given.as_bytes(), key.as_bytes()) {
+        let admin = !api.key.is_empty() && same_key(given.as_bytes(), api.key.as_bytes());
+        // Every key is compared, so the time taken does not say which matched.
+        let scope = api
+            .keys
+            .iter()
+            .filter(|k| same_key(given.as_bytes(), k.key.as_bytes()))
+            .fold(None, |best, k| match (best, k.scope) {
+                (Some(ApiScope::Admin), _) | (_, ApiScope::Admin) => Some(ApiScope::Admin),
+                _ => Some(ApiScope::Publish),
+            });
+        let scope = if admin { Some(ApiScope::Admin) } else { scope };
+        let refusal = match scope {
+            None => Some((
+                "wrong_key",
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong API key: send `Authorization: Bearer <key>`",
+                ),
+            )),
+            Some(ApiScope::Publish) if !PUBLISH_ROUTES.contains(&req.uri().path()) => Some((
+                "scope",
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    "this key may only publish: /api/publish, /api/broadcast, /api/send",
+                ),
+            )),
+            Some(_) => None,
+        };
+        if let Some((reason, e)) = refusal {
             m.api_errors.fetch_add(1, Ordering::Relaxed);
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong API key: send `Authorization: Bearer <key>`",
-            )
-            .into_response();
+            m.api_denied(reason);
+            tracing::info!(path = %req.uri().path(), reason, "API request refused");
+            return e.into_response();
         }
     }
     let resp = next.run(req).await;

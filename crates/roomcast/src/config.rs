@@ -24,6 +24,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Client authentication.
     pub auth: AuthConfig,
+    /// What clients may do beyond rooms.
+    pub client: ClientConfig,
+    /// The backend: connect, subscribe and event proxies, webhooks.
+    pub proxy: ProxyConfig,
     /// Size and count limits.
     pub limits: LimitsConfig,
     /// Server-driven WebSocket pings.
@@ -47,6 +51,8 @@ impl Default for Config {
             log: "info".to_owned(),
             api: ApiConfig::default(),
             auth: AuthConfig::default(),
+            client: ClientConfig::default(),
+            proxy: ProxyConfig::default(),
             limits: LimitsConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -66,6 +72,29 @@ pub struct ApiConfig {
     pub key: String,
     /// Largest request body, in bytes. Default: 1048576 (1 MiB).
     pub max_body_bytes: usize,
+    /// More keys, each with a scope: `[{key = "...", scope = "publish"}]`;
+    /// `publish` keys may only publish, broadcast and send. Default: none.
+    pub keys: Vec<ApiKey>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiScope {
+    /// `/api/publish`, `/api/broadcast` and `/api/send` only.
+    Publish,
+    /// Every route.
+    Admin,
+}
+
+/// One `api.keys` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The key, sent as `Authorization: Bearer <key>`.
+    pub key: String,
+    /// `publish` or `admin`.
+    pub scope: ApiScope,
 }
 
 impl Default for ApiConfig {
@@ -73,7 +102,15 @@ impl Default for ApiConfig {
         ApiConfig {
             key: String::new(),
             max_body_bytes: 1 << 20,
+            keys: Vec::new(),
         }
+    }
+}
+
+impl ApiConfig {
+    /// Whether `/api/*` needs a key.
+    pub fn requires_key(&self) -> bool {
+        !self.key.is_empty() || !self.keys.is_empty()
     }
 }
 
@@ -81,31 +118,274 @@ impl Default for ApiConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
-    /// Development: clients pick their own user id (`{"type":"auth","user":"alice"}`).
+    /// Development: clients pick their own user id (`{"type":"auth","user":"alice"}`);
+    /// tokens are checked too when a JWT key is configured.
     Open,
+    /// Clients present a JWT connection token signed with the configured key.
+    Token,
+    /// The backend decides: roomcast forwards each handshake to `proxy.connect_url`.
+    Proxy,
+}
+
+impl AuthMode {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Open => "open",
+            AuthMode::Token => "token",
+            AuthMode::Proxy => "proxy",
+        }
+    }
+}
+
+/// Whether a connection may act without a user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anonymous {
+    /// Allowed in `open` mode, refused in `token` and `proxy` modes.
+    Auto,
+    /// Allowed: a connection may use rooms before (or without) authenticating.
+    Allow,
+    /// Refused: only `auth` and `ping` work until the connection authenticates,
+    /// and it is closed (4501) if it has not after `auth.timeout_ms`.
+    Deny,
+}
+
+impl<'de> Deserialize<'de> for Anonymous {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Anonymous::Allow),
+            Raw::Bool(false) => Ok(Anonymous::Deny),
+            Raw::Text(t) => match t.as_str() {
+                "auto" => Ok(Anonymous::Auto),
+                "allow" | "true" => Ok(Anonymous::Allow),
+                "deny" | "false" => Ok(Anonymous::Deny),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected auto, allow or deny, got {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 /// `[auth]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// `open`. Default: `open`.
+    /// `open`, `token` or `proxy`. Default: `open`.
     pub mode: AuthMode,
     /// Whether a connection may do anything but `auth` and `ping` before it
-    /// authenticates. Default: true.
-    pub anonymous: bool,
-    /// When `anonymous` is false, connections that have not authenticated after
-    /// this many milliseconds are closed with code 4501. Default: 10000.
+    /// authenticates: `auto`, `allow` (`true`) or `deny` (`false`). Default: `auto`
+    /// (allowed in open mode only).
+    pub anonymous: Anonymous,
+    /// When anonymous connections are refused, connections that have not
+    /// authenticated after this many milliseconds are closed with code 4501. Default: 10000.
     pub timeout_ms: u64,
+    /// Browser origins (`scheme://host[:port]`) allowed to open connections;
+    /// a request with another `Origin` header is refused with 403. Empty allows
+    /// every origin. Requests without `Origin` (non-browser clients) are allowed. Default: empty.
+    pub allowed_origins: Vec<String>,
+    /// JWT connection tokens.
+    pub jwt: JwtConfig,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             mode: AuthMode::Open,
-            anonymous: true,
+            anonymous: Anonymous::Auto,
             timeout_ms: 10_000,
+            allowed_origins: Vec::new(),
+            jwt: JwtConfig::default(),
         }
+    }
+}
+
+impl AuthConfig {
+    /// Whether connections without a user id may use rooms.
+    pub fn allows_anonymous(&self) -> bool {
+        match self.anonymous {
+            Anonymous::Allow => true,
+            Anonymous::Deny => false,
+            Anonymous::Auto => self.mode == AuthMode::Open,
+        }
+    }
+}
+
+/// `[auth.jwt]`: how connection tokens are checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// `HS256`, `HS384`, `HS512`, `RS256` or `ES256`; tokens signed with any
+    /// other algorithm are refused. With `jwks_file`, each key's own `alg` applies. Default: `HS256`.
+    pub algorithm: String,
+    /// The shared secret for `HS*` tokens. Default: empty.
+    pub secret: String,
+    /// The PEM public key for `RS256`/`ES256` tokens, inline. Default: empty.
+    pub public_key: String,
+    /// A file holding the PEM public key for `RS256`/`ES256` tokens. Default: empty.
+    pub public_key_file: String,
+    /// A JWKS file (`{"keys":[...]}`): the token's `kid` picks the key. Default: empty.
+    pub jwks_file: String,
+    /// When set, tokens must carry this `iss`. Default: empty.
+    pub issuer: String,
+    /// When set, tokens must carry this `aud`. Default: empty.
+    pub audience: String,
+    /// Seconds of clock skew allowed on `exp` and `nbf`. Default: 0.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            algorithm: "HS256".to_owned(),
+            secret: String::new(),
+            public_key: String::new(),
+            public_key_file: String::new(),
+            jwks_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_s: 0,
+        }
+    }
+}
+
+impl JwtConfig {
+    /// Whether any key is configured.
+    pub fn has_key(&self) -> bool {
+        !(self.secret.is_empty()
+            && self.public_key.is_empty()
+            && self.public_key_file.is_empty()
+            && self.jwks_file.is_empty())
+    }
+}
+
+/// `[client]`: what clients may do beyond rooms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Let clients send to a user (`{"type":"send"}`). Default: false.
+    pub send: bool,
+    /// Let clients send to every connection (`{"type":"broadcast"}`). Default: false.
+    pub broadcast: bool,
+}
+
+/// `[proxy]`: the backend that authenticates, authorises and handles events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Sent as `X-Roomcast-Secret` on every backend request, so the backend
+    /// knows the call comes from roomcast. Default: empty (not sent).
+    pub secret: String,
+    /// Where handshakes go in `proxy` auth mode. Default: empty.
+    pub connect_url: String,
+    /// Where joins of rooms whose rule says `join = "proxy"` are approved. Default: empty.
+    pub subscribe_url: String,
+    /// Where client events with no built-in meaning go (native `rpc`, Socket.IO
+    /// events); empty answers them with `no_handler`. Default: empty.
+    pub rpc_url: String,
+    /// Per-event routes, first match wins over `rpc_url`: `[{event = "chat.*", url = "..."}]`. Default: none.
+    pub rpc_routes: Vec<RpcRoute>,
+    /// Where connect, disconnect, join and leave events are posted. Default: empty (off).
+    pub webhook_url: String,
+    /// Which webhook events to post. Default: `["connect", "disconnect", "join", "leave"]`.
+    pub webhook_events: Vec<String>,
+    /// Webhook events waiting to be posted before new ones are dropped (and counted). Default: 10000.
+    pub webhook_queue: usize,
+    /// How long one backend request may take, in milliseconds. Default: 5000.
+    pub timeout_ms: u64,
+    /// Most backend requests in flight on this node; more wait for a slot. Default: 256.
+    pub max_in_flight: usize,
+    /// Retries of a request that never reached the backend (connection refused),
+    /// and of webhooks on 5xx. Default: 2.
+    pub retries: u32,
+    /// Handshake headers passed to the backend as HTTP headers on every call
+    /// for that connection (lower case). Default: `["cookie", "user-agent",
+    /// "accept-language", "x-forwarded-for", "x-real-ip"]`.
+    pub forward_headers: Vec<String>,
+}
+
+/// One `proxy.rpc_routes` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcRoute {
+    /// An event name, or a glob where `*` matches any run of characters.
+    pub event: String,
+    /// The backend URL for those events.
+    pub url: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            secret: String::new(),
+            connect_url: String::new(),
+            subscribe_url: String::new(),
+            rpc_url: String::new(),
+            rpc_routes: Vec::new(),
+            webhook_url: String::new(),
+            webhook_events: ["connect", "disconnect", "join", "leave"]
+                .map(str::to_owned)
+                .to_vec(),
+            webhook_queue: 10_000,
+            timeout_ms: 5_000,
+            max_in_flight: 256,
+            retries: 2,
+            forward_headers: [
+                "cookie",
+                "user-agent",
+                "accept-language",
+                "x-forwarded-for",
+                "x-real-ip",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        }
+    }
+}
+
+/// The webhook event names `proxy.webhook_events` accepts.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["connect", "disconnect", "join", "leave"];
+
+impl ProxyConfig {
+    fn validate(&self, mode: AuthMode) -> Result<(), String> {
+        let urls = [
+            ("proxy.connect_url", &self.connect_url),
+            ("proxy.subscribe_url", &self.subscribe_url),
+            ("proxy.rpc_url", &self.rpc_url),
+            ("proxy.webhook_url", &self.webhook_url),
+        ];
+        let routes = self
+            .rpc_routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("proxy.rpc_routes[{i}].url"), &r.url));
+        for (key, url) in urls.into_iter().map(|(k, u)| (k.to_owned(), u)).chain(routes) {
+            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!("{key} must be an http:// or https:// URL, got {url:?}"));
+            }
+        }
+        if mode == AuthMode::Proxy && self.connect_url.is_empty() {
+            return Err("auth.mode = \"proxy\" needs proxy.connect_url".to_owned());
+        }
+        for e in &self.webhook_events {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                return Err(format!(
+                    "proxy.webhook_events: unknown event {e:?} (known: {})",
+                    WEBHOOK_EVENTS.join(", ")
+                ));
+            }
+        }
+        if self.timeout_ms == 0 || self.max_in_flight == 0 {
+            return Err("proxy.timeout_ms and proxy.max_in_flight must be greater than 0".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +406,20 @@ pub struct LimitsConfig {
     pub max_room_name_bytes: usize,
     /// Most bytes of JSON in one connection's session data. Default: 16384.
     pub max_session_bytes: usize,
+    /// Most open connections of one user on this node; more are closed with
+    /// code 4505. 0 means no limit. Default: 0.
+    pub max_connections_per_user: usize,
+    /// Messages per second one connection may send, sustained; over it a
+    /// message is refused with `rate_limited`, and a connection that keeps going
+    /// is closed with code 4005. 0 means no limit. Default: 0.
+    pub message_rate: u32,
+    /// Messages a connection may send in a burst above `message_rate`. Default: 50.
+    pub message_burst: u32,
+    /// New connections per second from one IP address; over it the handshake is
+    /// answered 429. 0 means no limit. Default: 0.
+    pub connection_rate_per_ip: u32,
+    /// New connections one IP address may open in a burst above `connection_rate_per_ip`. Default: 20.
+    pub connection_burst_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -138,6 +432,11 @@ impl Default for LimitsConfig {
             max_rooms_per_connection: hub.max_rooms_per_connection,
             max_room_name_bytes: hub.max_room_name_bytes,
             max_session_bytes: hub.max_session_bytes,
+            max_connections_per_user: 0,
+            message_rate: 0,
+            message_burst: 50,
+            connection_rate_per_ip: 0,
+            connection_burst_per_ip: 20,
         }
     }
 }
@@ -397,6 +696,22 @@ impl Config {
             }
         }
         self.broker.validate()?;
+        self.proxy.validate(self.auth.mode)?;
+        if self.auth.mode == AuthMode::Token && !self.auth.jwt.has_key() {
+            return Err("auth.mode = \"token\" needs a key: auth.jwt.secret, auth.jwt.public_key, auth.jwt.public_key_file or auth.jwt.jwks_file".to_owned());
+        }
+        for (i, k) in self.api.keys.iter().enumerate() {
+            if k.key.is_empty() {
+                return Err(format!("api.keys[{i}].key must not be empty"));
+            }
+        }
+        for (i, o) in self.auth.allowed_origins.iter().enumerate() {
+            if o != "*" && !o.contains("://") {
+                return Err(format!(
+                    "auth.allowed_origins[{i}] must be scheme://host[:port], got {o:?}"
+                ));
+            }
+        }
         let sio = &self.socketio;
         if !sio.path.starts_with('/') {
             return Err("socketio.path must start with /".to_owned());

@@ -12,7 +12,10 @@
 //! - `api.rs`: the `/api/*` routes, `/healthz`, `/metrics`.
 //! - `socketio.rs`: Socket.IO clients of the standalone server (auth payload,
 //!   built-in room events), on [`roomcast_socketio`].
-//! - [`auth`]: the authentication seam (open mode for now).
+//! - [`auth`]: the authentication seam: open, token (JWT, `jwt.rs`) and proxy modes.
+//! - `access.rs`: what a client may do (room rules, client send/broadcast,
+//!   rate limit, expiry); `guard.rs`: origin allow-list and per-IP connection rate.
+//! - [`backend`]: the backend over HTTP: connect, subscribe and event proxies, webhooks.
 //! - [`config`]: [`Config`], whose `Default` is the documented default.
 //! - [`metrics`]: counters and the Prometheus rendering.
 //!
@@ -43,9 +46,13 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod api;
 pub mod auth;
+pub mod backend;
 mod cluster;
+mod guard;
+mod jwt;
 pub mod config;
 pub mod metrics;
 pub mod native;

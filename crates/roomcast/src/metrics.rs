@@ -22,6 +22,8 @@ pub struct ServerMetrics {
     pub api_errors: AtomicU64,
     /// Connections closed by the server, by close code.
     disconnects: Mutex<BTreeMap<u16, u64>>,
+    /// Labelled security counters: `(metric, label) -> count`.
+    security: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 impl ServerMetrics {
@@ -39,6 +41,51 @@ impl ServerMetrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(code)
             .or_default() += 1;
+    }
+
+    fn bump(&self, metric: &'static str, label: &str) {
+        *self
+            .security
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((metric, label.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Counts a refused client action (`join`, `publish`, `send`, `broadcast`, `connect`).
+    pub fn denied(&self, action: &str) {
+        self.bump("roomcast_permission_denied_total", action);
+    }
+
+    /// Counts something refused by a rate limit (`message`, `connection`).
+    pub fn rate_limited(&self, kind: &str) {
+        self.bump("roomcast_rate_limited_total", kind);
+    }
+
+    /// Counts a failed authentication (`refused`, `expired`, `unavailable`, `timeout`).
+    pub fn auth_failure(&self, reason: &str) {
+        self.bump("roomcast_auth_failures_total", reason);
+    }
+
+    /// Counts a handshake refused for its `Origin`.
+    pub fn origin_rejected(&self) {
+        self.bump("roomcast_origin_rejected_total", "");
+    }
+
+    /// Counts an API request refused for its key's scope or a missing key.
+    pub fn api_denied(&self, reason: &str) {
+        self.bump("roomcast_api_denied_total", reason);
+    }
+
+    /// A labelled security counter's value (tests and stats).
+    pub fn security(&self, metric: &str, label: &str) -> u64 {
+        self.security
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|((m, l), _)| *m == metric && l == label)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
     }
 
     /// Server-initiated closes with `code` so far.
@@ -59,8 +106,45 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     );
 }
 
+const SECURITY: [(&str, &str, &str); 5] = [
+    (
+        "roomcast_permission_denied_total",
+        "action",
+        "Client actions refused by room rules or client settings, by action.",
+    ),
+    (
+        "roomcast_rate_limited_total",
+        "kind",
+        "Messages and connections refused by a rate limit.",
+    ),
+    (
+        "roomcast_auth_failures_total",
+        "reason",
+        "Failed client authentications, by reason.",
+    ),
+    (
+        "roomcast_origin_rejected_total",
+        "",
+        "Handshakes refused because their Origin is not allowed.",
+    ),
+    (
+        "roomcast_api_denied_total",
+        "reason",
+        "HTTP API requests refused for a missing or wrong key, or the key's scope.",
+    ),
+];
+
 /// Renders every metric in the Prometheus text exposition format.
 pub fn render(hub: &Hub, server: &ServerMetrics) -> String {
+    render_with(hub, server, None)
+}
+
+/// [`render`], plus the backend proxy's counters when there is one.
+pub fn render_with(
+    hub: &Hub,
+    server: &ServerMetrics,
+    backend: Option<&crate::backend::BackendMetrics>,
+) -> String {
     let h = hub.metrics();
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(2048);
@@ -170,6 +254,47 @@ pub fn render(hub: &Hub, server: &ServerMetrics) -> String {
         .iter()
     {
         let _ = writeln!(out, "roomcast_disconnects_total{{code=\"{code}\"}} {n}");
+    }
+    {
+        let sec = server.security.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, label, help) in SECURITY {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let mut any = false;
+            for ((m, l), n) in sec.iter() {
+                if *m != name {
+                    continue;
+                }
+                any = true;
+                if label.is_empty() {
+                    let _ = writeln!(out, "{name} {n}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {n}");
+                }
+            }
+            if !any && label.is_empty() {
+                let _ = writeln!(out, "{name} 0");
+            }
+        }
+    }
+    if let Some(b) = backend {
+        let _ = writeln!(out, "# HELP roomcast_proxy_requests_total Backend proxy requests, by kind and result.\n# TYPE roomcast_proxy_requests_total counter");
+        for (kind, result, n) in b.calls() {
+            let _ = writeln!(
+                out,
+                "roomcast_proxy_requests_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP roomcast_proxy_seconds_total Time spent in backend proxy requests, by kind.\n# TYPE roomcast_proxy_seconds_total counter");
+        for (kind, secs) in b.seconds() {
+            let _ = writeln!(out, "roomcast_proxy_seconds_total{{kind=\"{kind}\"}} {secs}");
+        }
+        metric(
+            &mut out,
+            "roomcast_webhooks_dropped_total",
+            "counter",
+            "Webhook events dropped: queue full or retries exhausted.",
+            get(&b.webhooks_dropped),
+        );
     }
     let healthy = matches!(hub.backend_health(), roomcast_core::broker::Health::Ok);
     metric(

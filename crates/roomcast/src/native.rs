@@ -22,12 +22,27 @@ pub struct Request {
 /// What a client can ask for.
 #[derive(Debug)]
 pub enum ClientCommand {
-    /// Present a token or, in open mode, a user id.
+    /// Present a token, an auth payload for the backend (proxy mode) or, in
+    /// open mode, a user id.
     Auth {
         /// A connection token.
         token: Option<String>,
         /// A client-chosen user id (open mode).
         user: Option<String>,
+        /// An auth payload for the connect proxy.
+        data: Option<Value>,
+    },
+    /// Present a fresh token for the same user before the current one expires.
+    Refresh {
+        /// The new token.
+        token: String,
+    },
+    /// An event for the backend (the event proxy); its answer is the ack.
+    Rpc {
+        /// The event name.
+        event: String,
+        /// The data.
+        data: Value,
     },
     /// Join a room.
     Join {
@@ -104,6 +119,11 @@ struct Raw {
     exclude_self: Option<bool>,
 }
 
+fn json_value(raw: &RawValue) -> Value {
+    // A RawValue is valid JSON, so this parses.
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
 fn null() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).expect("null is JSON")
 }
@@ -148,14 +168,22 @@ pub fn decode(text: &str) -> Result<Request, DecodeError> {
     let event = || raw.event.clone().ok_or_else(|| missing("event"));
     let command = match ty.as_str() {
         "auth" => {
-            if raw.token.is_none() && raw.user.is_none() {
+            if raw.token.is_none() && raw.user.is_none() && raw.data.is_none() {
                 return Err(missing("token"));
             }
             ClientCommand::Auth {
                 token: raw.token,
                 user: raw.user,
+                data: raw.data.as_deref().map(json_value),
             }
         }
+        "refresh" => ClientCommand::Refresh {
+            token: raw.token.ok_or_else(|| missing("token"))?,
+        },
+        "rpc" => ClientCommand::Rpc {
+            event: event()?,
+            data: raw.data.as_deref().map(json_value).unwrap_or(Value::Null),
+        },
         "join" => ClientCommand::Join { room: room()? },
         "leave" => ClientCommand::Leave { room: room()? },
         "publish" => ClientCommand::Publish {
@@ -353,7 +381,7 @@ mod tests {
         let r = decode(r#"{"type":"publish","room":"r","event":"e"}"#).unwrap();
         assert!(matches!(r.command, ClientCommand::Publish { data, .. } if data.get() == "null"));
         assert!(
-            matches!(decode(r#"{"type":"auth","user":"alice"}"#).unwrap().command, ClientCommand::Auth { user: Some(u), token: None } if u == "alice")
+            matches!(decode(r#"{"type":"auth","user":"alice"}"#).unwrap().command, ClientCommand::Auth { user: Some(u), token: None, data: None } if u == "alice")
         );
         assert!(matches!(
             decode(r#"{"type":"send","user":"bob","event":"e","data":1}"#)
@@ -376,6 +404,20 @@ mod tests {
                 .unwrap()
                 .command,
             ClientCommand::Session { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"rpc","event":"chat.send","data":{"t":1}}"#)
+                .unwrap()
+                .command,
+            ClientCommand::Rpc { event, data } if event == "chat.send" && data == serde_json::json!({"t":1})
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"refresh","token":"t"}"#).unwrap().command,
+            ClientCommand::Refresh { token } if token == "t"
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"auth","data":{"k":"v"}}"#).unwrap().command,
+            ClientCommand::Auth { data: Some(_), .. }
         ));
         assert!(matches!(
             decode(r#"{"type":"ping","extra":"ignored"}"#)

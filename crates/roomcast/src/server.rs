@@ -16,7 +16,13 @@ use tokio_util::task::TaskTracker;
 
 use roomcast_core::{Disconnect, Hub};
 
-use crate::auth::{self, Authenticator};
+/// The header the server sets on every request to the peer's address (a
+/// client's own value is replaced), for handshake descriptions.
+pub(crate) const PEER_HEADER: &str = "x-roomcast-peer";
+
+use crate::access::Access;
+use crate::auth::{Authenticator, StandardAuthenticator};
+use crate::backend::Backend;
 use crate::metrics::ServerMetrics;
 use crate::native::NativeProtocol;
 use crate::Config;
@@ -26,7 +32,10 @@ pub(crate) struct Inner {
     pub(crate) hub: Hub,
     pub(crate) protocol: Arc<NativeProtocol>,
     pub(crate) auth: Arc<dyn Authenticator>,
-    pub(crate) metrics: ServerMetrics,
+    pub(crate) access: Arc<Access>,
+    pub(crate) backend: Option<Arc<Backend>>,
+    pub(crate) metrics: Arc<ServerMetrics>,
+    ip_limiter: crate::guard::IpLimiter,
     socketio: Option<roomcast_socketio::socketio::SocketIo>,
     tasks: TaskTracker,
 }
@@ -52,6 +61,9 @@ pub enum StartError {
     /// The Redis broker could not be set up.
     #[error(transparent)]
     Redis(#[from] roomcast_redis::StartError),
+    /// The JWT keys could not be loaded.
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::KeyError),
 }
 
 impl Server {
@@ -70,7 +82,7 @@ impl Server {
         let b = &config.broker;
         if b.url.is_empty() {
             let hub = Hub::new(config.hub_config());
-            return Ok(Server::with_hub(config, hub));
+            return Server::try_with_hub(config, hub);
         }
         let mut rc = roomcast_redis::RedisConfig::new(&b.url);
         rc.prefix = b.prefix.clone();
@@ -96,7 +108,7 @@ impl Server {
             );
         }
         tracing::info!(url = %b.url, node = %hub.node(), emitters = %b.emitters, "using the redis broker");
-        let server = Server::with_hub(config, hub);
+        let server = Server::try_with_hub(config, hub)?;
         if let Some(io) = server.socketio() {
             let c = &server.inner.config.socketio;
             let timeout = Duration::from_millis(c.ping_interval_ms + c.ping_timeout_ms + 10_000);
@@ -110,23 +122,47 @@ impl Server {
 
     /// A server around an existing hub (for example one with a Redis broker).
     /// The hub's own limits apply; `config` sets everything else.
+    ///
+    /// # Panics
+    /// If the JWT keys of `config.auth.jwt` cannot be loaded;
+    /// [`try_with_hub`](Server::try_with_hub) returns the error instead.
     pub fn with_hub(config: Config, hub: Hub) -> Server {
-        let auth = auth::from_config(&config.auth);
+        Server::try_with_hub(config, hub).expect("invalid auth.jwt configuration")
+    }
+
+    /// Like [`with_hub`](Server::with_hub), returning configuration errors.
+    pub fn try_with_hub(config: Config, hub: Hub) -> Result<Server, StartError> {
+        let p = &config.proxy;
+        let backend = [&p.connect_url, &p.subscribe_url, &p.rpc_url, &p.webhook_url]
+            .iter()
+            .any(|u| !u.is_empty())
+            .then(|| Backend::new(p, hub.node().to_string()))
+            .or_else(|| (!p.rpc_routes.is_empty()).then(|| Backend::new(p, hub.node().to_string())));
+        let auth: Arc<dyn Authenticator> =
+            Arc::new(StandardAuthenticator::new(&config.auth, backend.clone())?);
+        let metrics = Arc::new(ServerMetrics::default());
+        let access = Arc::new(Access::new(&config, backend.clone(), metrics.clone()));
         let socketio = config
             .socketio
             .enabled
-            .then(|| crate::socketio::build(&config, &hub, auth.clone()));
-        Server {
+            .then(|| crate::socketio::build(&config, &hub, auth.clone(), access.clone()));
+        Ok(Server {
             inner: Arc::new(Inner {
                 auth,
+                access,
+                backend,
+                ip_limiter: crate::guard::IpLimiter::new(
+                    config.limits.connection_rate_per_ip,
+                    config.limits.connection_burst_per_ip,
+                ),
                 socketio,
                 config,
                 hub,
                 protocol: Arc::new(NativeProtocol),
-                metrics: ServerMetrics::default(),
+                metrics,
                 tasks: TaskTracker::new(),
             }),
-        }
+        })
     }
 
     /// Tells the cluster where this node serves HTTP: `broker.advertise`, or
@@ -144,6 +180,10 @@ impl Server {
                 self.hub().advertise(&addr.to_string());
             }
         }
+    }
+
+    pub(crate) fn ip_limiter(&self) -> &crate::guard::IpLimiter {
+        &self.inner.ip_limiter
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -182,7 +222,12 @@ impl Server {
         if let Some(io) = &self.inner.socketio {
             router = router.merge(io.router(&self.inner.config.socketio.path));
         }
-        router.with_state(self.clone())
+        router
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::guard::handshake,
+            ))
+            .with_state(self.clone())
     }
 
     /// Serves `router` (usually [`Server::router`], possibly merged into an
@@ -273,10 +318,10 @@ async fn ws_upgrade(
         .write_buffer_size(c.websocket.write_buffer_bytes)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| tasks.track_future(crate::ws::serve(s, socket, token)))
+        .on_upgrade(move |socket| tasks.track_future(crate::ws::serve(s, socket, token, headers)))
 }
 
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(serde_json::json!({"error": {"code": code, "message": message, "field": null}})),

@@ -2,6 +2,7 @@
 //! what the connection's outbox hands out (in batches, one flush per batch),
 //! pings on the heartbeat, and closes with a documented code.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -12,7 +13,12 @@ use tokio::time::{sleep_until, Instant};
 use roomcast_core::error::{AuthError, JoinError, LeaveError, PublishError, QueryError};
 use roomcast_core::{Connection, Disconnect, Frame, Publication, Target};
 
-use crate::auth::Credentials;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+
+use crate::access::{Access, ClientState, Denied, Rate};
+use crate::auth::{AuthFailure, Credentials};
 use crate::native::{self, ClientCommand, Request};
 use crate::Server;
 
@@ -53,14 +59,14 @@ async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
 
 /// An error reply for a failed command.
 struct Refusal {
-    code: &'static str,
+    code: Cow<'static, str>,
     message: String,
 }
 
 impl Refusal {
     fn new(code: &'static str, message: impl ToString) -> Refusal {
         Refusal {
-            code,
+            code: Cow::Borrowed(code),
             message: message.to_string(),
         }
     }
@@ -111,6 +117,15 @@ impl From<QueryError> for Refusal {
     }
 }
 
+impl From<Denied> for Refusal {
+    fn from(d: Denied) -> Self {
+        Refusal {
+            code: Cow::Owned(d.code),
+            message: d.message,
+        }
+    }
+}
+
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
         let code = match e {
@@ -125,7 +140,12 @@ impl From<AuthError> for Refusal {
 }
 
 /// Serves one upgraded native WebSocket until it closes.
-pub(crate) async fn serve(server: Server, mut socket: WebSocket, token: Option<String>) {
+pub(crate) async fn serve(
+    server: Server,
+    mut socket: WebSocket,
+    token: Option<String>,
+    headers: HeaderMap,
+) {
     let s = server.inner();
     let conn = match s.hub.connect(s.protocol.clone(), None).await {
         Ok(c) => c,
@@ -140,9 +160,24 @@ pub(crate) async fn serve(server: Server, mut socket: WebSocket, token: Option<S
             return;
         }
     };
-    if let Some(token) = token {
-        if let Err(refusal) = authenticate(&server, &conn, Credentials::Token(token)).await {
-            let d = Disconnect::custom(Disconnect::AUTH_FAILED.code, refusal.message);
+    let state = Arc::new(ClientState::new(&s.access, "websocket", None, &headers));
+    let proxy = s.config.auth.mode == crate::config::AuthMode::Proxy;
+    let credentials = match token {
+        Some(t) => Some(Credentials::Token(t)),
+        None if proxy => Some(Credentials::Handshake),
+        None => None,
+    };
+    if let Some(credentials) = credentials {
+        let handshake = Access::handshake(&conn, "websocket", None, &headers);
+        let admitted = match s.auth.authenticate(credentials, &handshake).await {
+            Ok(identity) => s.access.admit(&conn, &state, identity).await,
+            Err(f) => {
+                s.metrics.auth_failure(f.reason());
+                Err(f.disconnect())
+            }
+        };
+        if let Err(d) = admitted {
+            tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
             s.metrics.disconnect(d.code);
             close_with(&mut socket, &d).await;
             conn.close().await;
@@ -155,12 +190,14 @@ pub(crate) async fn serve(server: Server, mut socket: WebSocket, token: Option<S
         "node": s.hub.node().to_string(),
         "user": conn.user().as_deref(),
         "heartbeat_ms": s.config.heartbeat.interval_ms,
+        "expires_at": state.expires_at(),
         "protocol": 1,
     });
     let _ = conn.send_frame(Frame::text(welcome.to_string()));
     let mut task = Task {
         server: server.clone(),
         conn,
+        state,
         socket,
         batch: Vec::with_capacity(16),
     };
@@ -168,6 +205,10 @@ pub(crate) async fn serve(server: Server, mut socket: WebSocket, token: Option<S
     let Task {
         conn, mut socket, ..
     } = task;
+    let why = match &reason {
+        Some(d) => d.reason.to_string(),
+        None => "client closed".to_owned(),
+    };
     if let Some(d) = reason {
         s.metrics.disconnect(d.code);
         close_with(&mut socket, &d).await;
@@ -175,27 +216,53 @@ pub(crate) async fn serve(server: Server, mut socket: WebSocket, token: Option<S
         // The client closed: send our half of the closing handshake.
         let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
     }
+    s.access.webhook("disconnect", &conn, None, Some(&why));
     conn.close().await;
 }
 
+/// Checks credentials presented after the handshake and applies them, or
+/// (for a token on an authenticated connection) refreshes the expiry.
 async fn authenticate(
     server: &Server,
     conn: &Connection,
+    state: &ClientState,
     credentials: Credentials,
-) -> Result<String, Refusal> {
-    let identity = server
-        .inner()
+) -> Result<serde_json::Value, Refusal> {
+    let s = server.inner();
+    if conn.user().is_some() {
+        return Err(AuthError::AlreadyAuthenticated.into());
+    }
+    if !conn.rooms().is_empty() {
+        return Err(AuthError::AfterJoin.into());
+    }
+    let handshake = Access::handshake(conn, "websocket", None, &state.forwarded);
+    let identity = s
         .auth
-        .authenticate(credentials)
+        .authenticate(credentials, &handshake)
         .await
-        .map_err(|e| Refusal::new("auth_failed", e))?;
-    conn.authenticate(&identity.user).await?;
-    Ok(identity.user)
+        .map_err(|f| refuse_auth(server, f))?;
+    s.access.admit(conn, state, identity).await.map_err(|d| {
+        Refusal::new(
+            if d == Disconnect::TOO_MANY_CONNECTIONS {
+                "too_many_connections"
+            } else {
+                "auth_failed"
+            },
+            d.reason,
+        )
+    })?;
+    Ok(json!({ "user": conn.user().as_deref(), "expires_at": state.expires_at() }))
+}
+
+fn refuse_auth(server: &Server, f: AuthFailure) -> Refusal {
+    server.inner().metrics.auth_failure(f.reason());
+    Refusal::new(f.code(), f)
 }
 
 struct Task {
     server: Server,
     conn: Connection,
+    state: Arc<ClientState>,
     socket: WebSocket,
     batch: Vec<Frame>,
 }
@@ -209,15 +276,17 @@ enum Inbound {
 impl Task {
     /// Returns the reason to give the client, or `None` if the client went away.
     async fn run(&mut self) -> Option<Disconnect> {
-        let s = self.server.inner();
+        let server = self.server.clone();
+        let s = server.inner();
         let heartbeat = s.config.heartbeat.interval();
         let silence = s.config.heartbeat.silence_limit();
         let mut last_seen = Instant::now();
         let mut next_ping = Instant::now() + heartbeat;
-        let auth_deadline = (!s.config.auth.anonymous)
+        let auth_deadline = (!s.access.anonymous())
             .then(|| Instant::now() + Duration::from_millis(s.config.auth.timeout_ms));
         loop {
             let awaiting_auth = auth_deadline.filter(|_| self.conn.user().is_none());
+            let expiry = self.state.expires_in().map(|d| Instant::now() + d);
             tokio::select! {
                 biased;
                 closing = self.conn.outbox().next_batch(&mut self.batch) => {
@@ -248,7 +317,15 @@ impl Task {
                     }
                 }
                 _ = sleep_until(awaiting_auth.unwrap_or_else(Instant::now)), if awaiting_auth.is_some() => {
+                    s.metrics.auth_failure("timeout");
                     return Some(Disconnect::AUTH_TIMEOUT);
+                }
+                _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    // A refresh may have moved the expiry while this slept.
+                    if self.state.expires_in().is_some_and(|d| d.is_zero()) {
+                        s.metrics.auth_failure("expired");
+                        return Some(Disconnect::TOKEN_EXPIRED);
+                    }
                 }
             }
         }
@@ -299,7 +376,21 @@ impl Task {
         match msg {
             Message::Text(text) => {
                 s.metrics.count_in(text.len());
-                self.command(text.as_str()).await
+                match s.access.rate(&self.state) {
+                    Rate::Ok => self.command(text.as_str()).await,
+                    Rate::Refuse => {
+                        let id = native::decode(text.as_str()).ok().and_then(|r| r.id);
+                        self.refuse(
+                            id,
+                            Refusal::new(
+                                "rate_limited",
+                                "too many messages: slow down (limits.message_rate)",
+                            ),
+                        );
+                        Inbound::Continue
+                    }
+                    Rate::Close => Inbound::Close(Disconnect::RATE_LIMITED),
+                }
             }
             Message::Binary(b) => {
                 s.metrics.count_in(b.len());
@@ -327,7 +418,7 @@ impl Task {
             .metrics
             .client_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.reply(native::encode_error(id, r.code, &r.message));
+        self.reply(native::encode_error(id, &r.code, &r.message));
     }
 
     async fn command(&mut self, text: &str) -> Inbound {
@@ -369,16 +460,9 @@ impl Task {
         acked: bool,
     ) -> Result<Option<serde_json::Value>, Refusal> {
         let s = self.server.inner();
+        let access = &s.access;
         let conn = &self.conn;
-        let needs_user = !s.config.auth.anonymous
-            && conn.user().is_none()
-            && !matches!(command, ClientCommand::Auth { .. } | ClientCommand::Ping);
-        if needs_user {
-            return Err(Refusal::new(
-                "unauthenticated",
-                "authenticate first with {\"type\":\"auth\",...}",
-            ));
-        }
+        let state = &self.state;
         let publish = |target: Target, event: String, data, exclude: bool| async move {
             let mut p = Publication::new(target, event, data);
             if exclude {
@@ -391,21 +475,71 @@ impl Task {
             }
         };
         Ok(Some(match command {
-            ClientCommand::Auth { token, user } => {
-                let credentials = match (token, user) {
-                    (Some(t), _) => Credentials::Token(t),
-                    (None, Some(u)) => Credentials::User(u),
-                    (None, None) => unreachable!("decode requires one"),
+            ClientCommand::Auth { token, user, data } => {
+                let proxy = s.config.auth.mode == crate::config::AuthMode::Proxy;
+                let credentials = match (token, user, data) {
+                    (Some(t), _, _) => Credentials::Token(t),
+                    (None, _, Some(d)) if proxy => Credentials::Data(d),
+                    (None, Some(u), _) => Credentials::User(u),
+                    (None, None, _) => {
+                        return Err(Refusal::new(
+                            "auth_failed",
+                            "an auth payload (`data`) is for proxy mode; present a `token`",
+                        ))
+                    }
                 };
-                let user = authenticate(&self.server, conn, credentials).await?;
-                json!({ "user": user })
+                authenticate(&self.server, conn, state, credentials).await?
+            }
+            ClientCommand::Refresh { token } => {
+                if conn.user().is_none() {
+                    return Err(Refusal::new(
+                        "unauthenticated",
+                        "refresh is for authenticated connections; use auth",
+                    ));
+                }
+                let handshake = Access::handshake(conn, "websocket", None, &state.forwarded);
+                let identity = s
+                    .auth
+                    .authenticate(Credentials::Token(token), &handshake)
+                    .await
+                    .map_err(|f| refuse_auth(&self.server, f))?;
+                let expires_at = access.refresh(conn, state, identity)?;
+                json!({ "user": conn.user().as_deref(), "expires_at": expires_at })
+            }
+            ClientCommand::Rpc { event, data } => {
+                access.may_act(conn)?;
+                let Some(backend) = access.backend.as_ref().filter(|b| b.handles_events()) else {
+                    return Err(Refusal::new(
+                        "no_handler",
+                        format!("no backend handles `{event}`: set proxy.rpc_url"),
+                    ));
+                };
+                let user = conn.user();
+                let caller = state.caller(conn, user.as_deref());
+                let answer = backend
+                    .rpc(&caller, &conn.session(), &conn.rooms(), &event, data)
+                    .await
+                    .ok_or_else(|| {
+                        Refusal::new("no_handler", format!("no backend route takes `{event}`"))
+                    })?
+                    .map_err(|e| Refusal::from(Denied::new(&e.code(), e)))?;
+                access.apply(conn, answer.actions).await?;
+                json!({ "result": answer.result })
             }
             ClientCommand::Join { room } => {
+                access.may_join(conn, state, &room).await?;
                 let joined = conn.join(&room).await?;
+                if joined {
+                    access.webhook("join", conn, Some(&room), None);
+                }
                 json!({ "room": room, "joined": joined })
             }
             ClientCommand::Leave { room } => {
+                access.may_act(conn)?;
                 let left = conn.leave(&room).await?;
+                if left {
+                    access.webhook("leave", conn, Some(&room), None);
+                }
                 json!({ "room": room, "left": left })
             }
             ClientCommand::Publish {
@@ -414,22 +548,29 @@ impl Task {
                 data,
                 exclude_self,
             } => {
+                roomcast_core::room::validate_room_name(&room, s.hub.config().max_room_name_bytes)
+                    .map_err(|e| Refusal::new("invalid_room", e))?;
+                access.may_publish(conn, &room)?;
                 let n = publish(Target::Room(room), event, data, exclude_self).await?;
                 json!({ "delivered": n })
             }
             ClientCommand::Send { user, event, data } => {
+                access.may_send(conn)?;
                 let n = publish(Target::User(user), event, data, false).await?;
                 json!({ "delivered": n })
             }
             ClientCommand::Broadcast { event, data } => {
+                access.may_broadcast(conn)?;
                 let n = publish(Target::All, event, data, false).await?;
                 json!({ "delivered": n })
             }
             ClientCommand::Presence { room } => {
+                access.may_act(conn)?;
                 let p = s.hub.room_presence(&room).await?;
                 json!({ "room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous })
             }
             ClientCommand::Session { data } => {
+                access.may_act(conn)?;
                 conn.merge_session(data)
                     .map_err(|e| Refusal::new("session_too_large", e))?;
                 json!({ "session": conn.session() })

@@ -928,6 +928,11 @@ impl Socket {
         result
     }
 
+    /// The socket's hub connection, until it disconnects.
+    pub fn connection(&self) -> Option<Arc<Connection>> {
+        self.conn()
+    }
+
     fn conn(&self) -> Option<Arc<Connection>> {
         self.0
             .conn

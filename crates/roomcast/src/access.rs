@@ -1,0 +1,507 @@
+//! What a client connection may do: room rules (`join`, `publish`), client
+//! `send`/`broadcast`, the message rate limit, connection expiry, and applying
+//! an [`Identity`] to a fresh connection. Shared by the native and Socket.IO
+//! front ends; the HTTP API and Rust code are not bound by it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+
+use roomcast_core::room::{JoinRule, PublishRule, RoomRules};
+use roomcast_core::{Connection, Disconnect, Who};
+
+use crate::auth::{Credentials, Handshake, Identity};
+use crate::backend::{Backend, Caller};
+use crate::config::Config;
+use crate::metrics::ServerMetrics;
+
+/// A refused action: an error code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Denied {
+    pub code: String,
+    pub message: String,
+}
+
+impl Denied {
+    pub(crate) fn new(code: &str, message: impl ToString) -> Denied {
+        Denied {
+            code: code.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst` saved.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Per-connection state the policy needs.
+#[derive(Debug)]
+pub(crate) struct ClientState {
+    pub transport: &'static str,
+    pub namespace: Option<String>,
+    /// Handshake headers forwarded to the backend on each call.
+    pub forwarded: HeaderMap,
+    granted: Mutex<HashSet<String>>,
+    /// Seconds since the epoch; 0 when the credentials do not expire.
+    expires_at: AtomicU64,
+    bucket: Mutex<Bucket>,
+    /// Messages refused in a row for the rate limit.
+    strikes: AtomicU32,
+    /// Cancelled when the connection closes (ends its expiry timer).
+    pub closed: tokio_util::sync::CancellationToken,
+}
+
+/// Whether a message may go on under the rate limit.
+pub(crate) enum Rate {
+    Ok,
+    /// Refuse this one.
+    Refuse,
+    /// Refused too many in a row: close the connection (4005).
+    Close,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ClientState {
+    pub(crate) fn new(
+        access: &Access,
+        transport: &'static str,
+        namespace: Option<String>,
+        headers: &HeaderMap,
+    ) -> ClientState {
+        ClientState {
+            transport,
+            namespace,
+            forwarded: access
+                .backend
+                .as_ref()
+                .map(|b| b.forwarded(headers))
+                .unwrap_or_default(),
+            granted: Mutex::new(HashSet::new()),
+            expires_at: AtomicU64::new(0),
+            bucket: Mutex::new(Bucket {
+                tokens: access.burst as f64,
+                last: Instant::now(),
+            }),
+            strikes: AtomicU32::new(0),
+            closed: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    fn granted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.granted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the credentials expire (seconds since the epoch).
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        Some(self.expires_at.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// How long until the credentials expire; `None` when they do not.
+    pub(crate) fn expires_in(&self) -> Option<std::time::Duration> {
+        self.expires_at()
+            .map(|t| std::time::Duration::from_secs(t.saturating_sub(now_s())))
+    }
+
+    pub(crate) fn caller<'a>(&'a self, conn: &'a Connection, user: Option<&'a str>) -> Caller<'a> {
+        Caller {
+            conn: conn.id(),
+            user,
+            transport: self.transport,
+            namespace: self.namespace.as_deref(),
+            forwarded: &self.forwarded,
+        }
+    }
+}
+
+/// The policy of one server.
+pub(crate) struct Access {
+    rules: RoomRules,
+    send: bool,
+    broadcast: bool,
+    anonymous: bool,
+    rate: u32,
+    burst: u32,
+    max_per_user: usize,
+    pub backend: Option<Arc<Backend>>,
+    pub metrics: Arc<ServerMetrics>,
+}
+
+impl Access {
+    pub(crate) fn new(
+        config: &Config,
+        backend: Option<Arc<Backend>>,
+        metrics: Arc<ServerMetrics>,
+    ) -> Access {
+        Access {
+            rules: RoomRules::new(config.rooms.clone()),
+            send: config.client.send,
+            broadcast: config.client.broadcast,
+            anonymous: config.auth.allows_anonymous(),
+            rate: config.limits.message_rate,
+            burst: config.limits.message_burst.max(1),
+            max_per_user: config.limits.max_connections_per_user,
+            backend,
+            metrics,
+        }
+    }
+
+    /// Whether connections without a user may act.
+    pub(crate) fn anonymous(&self) -> bool {
+        self.anonymous
+    }
+
+    fn denied(&self, action: &'static str, d: Denied) -> Denied {
+        self.metrics.denied(action);
+        tracing::debug!(action, code = %d.code, message = %d.message, "client action refused");
+        d
+    }
+
+    /// Counts one client message against the rate limit.
+    pub(crate) fn rate(&self, state: &ClientState) -> Rate {
+        if self.rate == 0 {
+            return Rate::Ok;
+        }
+        let ok = {
+            let mut b = state.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let refill = now.duration_since(b.last).as_secs_f64() * self.rate as f64;
+            b.tokens = (b.tokens + refill).min(self.burst as f64);
+            b.last = now;
+            if b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                true
+            } else {
+                false
+            }
+        };
+        if ok {
+            state.strikes.store(0, Ordering::Relaxed);
+            return Rate::Ok;
+        }
+        self.metrics.rate_limited("message");
+        if state.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= self.burst {
+            tracing::info!("closing a connection that kept sending over the message rate limit");
+            Rate::Close
+        } else {
+            Rate::Refuse
+        }
+    }
+
+    /// Applies credentials' identity to a fresh connection: user, the
+    /// per-user limit, session data, rooms (joined and granted), expiry.
+    pub(crate) async fn admit(
+        &self,
+        conn: &Connection,
+        state: &ClientState,
+        identity: Identity,
+    ) -> Result<(), Disconnect> {
+        if let Some(user) = &identity.user {
+            if self.max_per_user > 0 {
+                let open = conn
+                    .hub()
+                    .user_presence(user)
+                    .await
+                    .map(|p| p.connections.len())
+                    .unwrap_or(0);
+                if open >= self.max_per_user {
+                    self.metrics.denied("connect");
+                    tracing::info!(%user, open, "refused: too many connections for this user");
+                    return Err(Disconnect::TOO_MANY_CONNECTIONS);
+                }
+            }
+            conn.authenticate(user).await.map_err(|e| {
+                Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string())
+            })?;
+        } else if !self.anonymous {
+            return Err(Disconnect::custom(
+                Disconnect::AUTH_FAILED.code,
+                "anonymous connections are not allowed",
+            ));
+        }
+        if !identity.session.is_empty() {
+            conn.merge_session(identity.session)
+                .map_err(|e| Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string()))?;
+        }
+        if let Some(info) = identity.info {
+            conn.set_info(info);
+        }
+        state
+            .expires_at
+            .store(identity.expires_at.unwrap_or(0), Ordering::Relaxed);
+        state.granted().extend(identity.rooms.iter().cloned());
+        for room in &identity.rooms {
+            match conn.join(room).await {
+                Ok(_) => self.webhook("join", conn, Some(room), None),
+                Err(e) => tracing::warn!(%room, error = %e, "could not join a room the credentials list"),
+            }
+        }
+        self.webhook("connect", conn, None, None);
+        Ok(())
+    }
+
+    /// A fresh token for a connection: same user, new expiry and grants.
+    pub(crate) fn refresh(
+        &self,
+        conn: &Connection,
+        state: &ClientState,
+        identity: Identity,
+    ) -> Result<Option<u64>, Denied> {
+        if identity.user.as_deref() != conn.user().as_deref() {
+            return Err(Denied::new(
+                "auth_failed",
+                "a refreshed token must name the connection's user",
+            ));
+        }
+        state
+            .expires_at
+            .store(identity.expires_at.unwrap_or(0), Ordering::Relaxed);
+        state.granted().extend(identity.rooms);
+        if let Some(info) = identity.info {
+            conn.set_info(info);
+        }
+        Ok(identity.expires_at)
+    }
+
+    fn acting(&self, conn: &Connection) -> Result<(), Denied> {
+        if !self.anonymous && conn.user().is_none() {
+            return Err(Denied::new(
+                "unauthenticated",
+                "authenticate first with {\"type\":\"auth\",...}",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the connection may join `room` from the client side.
+    pub(crate) async fn may_join(
+        &self,
+        conn: &Connection,
+        state: &ClientState,
+        room: &str,
+    ) -> Result<(), Denied> {
+        self.acting(conn).map_err(|d| self.denied("join", d))?;
+        let user = conn.user();
+        let rule = self.rules.for_room_as(room, user.as_deref());
+        let refuse = |why: &str| {
+            Err(self.denied(
+                "join",
+                Denied::new("forbidden", format!("may not join `{room}`: {why}")),
+            ))
+        };
+        match rule.join {
+            JoinRule::Anyone => Ok(()),
+            JoinRule::Authenticated if user.is_some() => Ok(()),
+            JoinRule::Authenticated => refuse("authenticated users only"),
+            JoinRule::Claim if state.granted().contains(room) => Ok(()),
+            JoinRule::Claim => refuse("the room is not granted to this connection"),
+            JoinRule::None => refuse("rooms of this kind are joined by the server only"),
+            JoinRule::Proxy => {
+                let Some(backend) = self.backend.as_ref().filter(|b| b.handles_subscribe()) else {
+                    return refuse("no subscribe proxy is configured");
+                };
+                let caller = state.caller(conn, user.as_deref());
+                backend
+                    .subscribe(&caller, &conn.session(), room)
+                    .await
+                    .map_err(|e| self.denied("join", Denied::new(&e.code(), e)))
+            }
+        }
+    }
+
+    /// Whether the connection may publish to `room` from the client side.
+    pub(crate) fn may_publish(&self, conn: &Connection, room: &str) -> Result<(), Denied> {
+        self.acting(conn).map_err(|d| self.denied("publish", d))?;
+        let user = conn.user();
+        match self.rules.for_room_as(room, user.as_deref()).publish {
+            PublishRule::Anyone => Ok(()),
+            PublishRule::Members if conn.rooms().iter().any(|r| r == room) => Ok(()),
+            PublishRule::Members => Err(self.denied(
+                "publish",
+                Denied::new(
+                    "forbidden",
+                    format!("may not publish to `{room}`: join it first"),
+                ),
+            )),
+            PublishRule::None => Err(self.denied(
+                "publish",
+                Denied::new(
+                    "forbidden",
+                    format!("may not publish to `{room}`: only the server publishes there"),
+                ),
+            )),
+        }
+    }
+
+    /// Whether clients may send to a user.
+    pub(crate) fn may_send(&self, conn: &Connection) -> Result<(), Denied> {
+        self.acting(conn).map_err(|d| self.denied("send", d))?;
+        if !self.send {
+            return Err(self.denied(
+                "send",
+                Denied::new("forbidden", "clients may not send to users (client.send = false)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether clients may broadcast.
+    pub(crate) fn may_broadcast(&self, conn: &Connection) -> Result<(), Denied> {
+        self.acting(conn).map_err(|d| self.denied("broadcast", d))?;
+        if !self.broadcast {
+            return Err(self.denied(
+                "broadcast",
+                Denied::new(
+                    "forbidden",
+                    "clients may not broadcast (client.broadcast = false)",
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a connection may do things that need no rule (presence, session).
+    pub(crate) fn may_act(&self, conn: &Connection) -> Result<(), Denied> {
+        self.acting(conn)
+    }
+
+    /// Posts a webhook event when webhooks are on.
+    pub(crate) fn webhook(
+        &self,
+        kind: &'static str,
+        conn: &Connection,
+        room: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        if let Some(b) = &self.backend {
+            b.webhook(kind, conn.id(), conn.user().as_deref(), room, reason);
+        }
+    }
+
+    /// Runs the backend's actions for the calling connection, in order.
+    pub(crate) async fn apply(
+        &self,
+        conn: &Connection,
+        actions: Vec<crate::backend::Action>,
+    ) -> Result<(), Denied> {
+        use crate::backend::Action;
+        use roomcast_core::{Publication, Target};
+        let publish = |target: Target, event: String, data: &Value, exclude: bool| {
+            Publication::json(target, event, data)
+                .map(|mut p| {
+                    if exclude {
+                        p.exclude = Some(conn.id());
+                    }
+                    p
+                })
+                .map_err(|e| Denied::new("backend_error", e))
+        };
+        for action in actions {
+            let r = match action {
+                Action::Publish {
+                    room,
+                    event,
+                    data,
+                    exclude_self,
+                } => match publish(Target::Room(room), event, &data, exclude_self) {
+                    Ok(p) => conn.publish(p).await.map(drop).map_err(|e| e.to_string()),
+                    Err(d) => return Err(d),
+                },
+                Action::Send { user, event, data } => {
+                    match publish(Target::User(user), event, &data, false) {
+                        Ok(p) => conn.publish(p).await.map(drop).map_err(|e| e.to_string()),
+                        Err(d) => return Err(d),
+                    }
+                }
+                Action::Broadcast { event, data } => {
+                    match publish(Target::All, event, &data, false) {
+                        Ok(p) => conn.publish(p).await.map(drop).map_err(|e| e.to_string()),
+                        Err(d) => return Err(d),
+                    }
+                }
+                Action::Join { room } => match conn.join(&room).await {
+                    Ok(added) => {
+                        if added {
+                            self.webhook("join", conn, Some(&room), None);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Action::Leave { room } => match conn.leave(&room).await {
+                    Ok(removed) => {
+                        if removed {
+                            self.webhook("leave", conn, Some(&room), None);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Action::Session { data } => conn.merge_session(data).map_err(|e| e.to_string()),
+                Action::Disconnect { code, reason } => {
+                    let code = code.filter(|c| (4000..5000).contains(c)).unwrap_or(4500);
+                    let d = Disconnect::custom(
+                        code,
+                        reason.unwrap_or_else(|| Disconnect::BY_SERVER.reason.to_string()),
+                    );
+                    let _ = conn.hub().disconnect(Who::Conn(conn.id()), d).await;
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a backend action failed");
+                return Err(Denied::new("action_failed", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the handshake description for the authenticator.
+    pub(crate) fn handshake(
+        conn: &Connection,
+        transport: &'static str,
+        namespace: Option<String>,
+        headers: &HeaderMap,
+    ) -> Handshake {
+        let remote = headers
+            .get(crate::server::PEER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Handshake {
+            conn: conn.id(),
+            transport,
+            namespace,
+            remote,
+            headers: headers.clone(),
+        }
+    }
+}
+
+/// Credentials from an auth payload (Socket.IO's `auth`, native `auth`).
+pub(crate) fn credentials_of(payload: &Value, proxy: bool) -> Option<Credentials> {
+    let str_of = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
+    if let Some(t) = str_of("token") {
+        return Some(Credentials::Token(t));
+    }
+    if proxy {
+        return Some(match payload {
+            Value::Null => Credentials::Handshake,
+            Value::Object(m) if m.is_empty() => Credentials::Handshake,
+            other => Credentials::Data(other.clone()),
+        });
+    }
+    str_of("user").map(Credentials::User)
+}
