@@ -298,7 +298,8 @@ impl Tally {
     }
 }
 
-fn valid_user(user: &str) -> bool {
+/// Whether `user` is a valid user id: 1 to 200 bytes, no control characters.
+pub fn valid_user(user: &str) -> bool {
     !user.is_empty() && user.len() <= 200 && !user.chars().any(char::is_control)
 }
 

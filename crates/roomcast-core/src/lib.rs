@@ -74,7 +74,7 @@ use std::pin::Pin;
 
 pub use disconnect::Disconnect;
 pub use frame::Frame;
-pub use hub::{ConnInfo, Connection, Hub, HubConfig, HubMetrics, Selection, WeakHub};
+pub use hub::{valid_user, ConnInfo, Connection, Hub, HubConfig, HubMetrics, Selection, WeakHub};
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{
     Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Route, Sender,

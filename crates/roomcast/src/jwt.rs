@@ -213,11 +213,13 @@ impl Verifier {
         v.required_spec_claims = HashSet::from(["sub".to_owned()]);
         if !self.issuer.is_empty() {
             v.set_issuer(&[&self.issuer]);
+            v.required_spec_claims.insert("iss".to_owned());
         }
         if self.audience.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&[&self.audience]);
+            v.required_spec_claims.insert("aud".to_owned());
         }
         let data = jsonwebtoken::decode::<Raw>(token, &key.key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;

@@ -229,6 +229,9 @@ async fn authenticate(
     credentials: Credentials,
 ) -> Result<serde_json::Value, Refusal> {
     let s = server.inner();
+    if matches!(&credentials, Credentials::User(u) if !roomcast_core::valid_user(u)) {
+        return Err(AuthError::InvalidUser.into());
+    }
     if conn.user().is_some() {
         return Err(AuthError::AlreadyAuthenticated.into());
     }

@@ -62,7 +62,9 @@ async fn many_clients_in_many_rooms_get_exactly_their_rooms_messages() {
 
 #[tokio::test]
 async fn a_user_with_two_connections() {
-    let srv = start(config()).await;
+    let mut cfg = config();
+    cfg.client.send = true;
+    let srv = start(cfg).await;
     let mut tab1 = srv.user("alice").await;
     let mut tab2 = srv.user("alice").await;
     let mut bob = srv.user("bob").await;
@@ -138,7 +140,9 @@ async fn presence_events_follow_first_join_and_last_leave() {
 
 #[tokio::test]
 async fn exclude_self_and_broadcast() {
-    let srv = start(config()).await;
+    let mut cfg = config();
+    cfg.client.broadcast = true;
+    let srv = start(cfg).await;
     let mut a = srv.client().await;
     a.welcome().await;
     let mut b = srv.client().await;
@@ -289,6 +293,11 @@ async fn room_limits() {
 async fn a_slow_consumer_is_disconnected_while_fast_clients_get_everything() {
     let mut cfg = config();
     cfg.limits.max_queue_bytes = 256 << 10;
+    // The publisher is not a member of the room.
+    cfg.rooms = vec![roomcast_core::room::RoomRule {
+        publish: roomcast_core::room::PublishRule::Anyone,
+        ..roomcast_core::room::RoomRule::default_for("firehose")
+    }];
     let srv = start(cfg).await;
     let mut fast = srv.user("fast").await;
     fast.join("firehose").await;
@@ -409,7 +418,7 @@ async fn a_client_that_answers_pings_stays() {
 #[tokio::test]
 async fn unauthenticated_connections_are_refused_then_closed_after_the_auth_timeout() {
     let mut cfg = config();
-    cfg.auth.anonymous = false;
+    cfg.auth.anonymous = roomcast::config::Anonymous::Deny;
     cfg.auth.timeout_ms = 300;
     let srv = start(cfg).await;
     let mut ok = srv.client().await;

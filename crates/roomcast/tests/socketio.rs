@@ -138,7 +138,7 @@ async fn events_without_a_handler_get_an_error_ack() {
 #[tokio::test]
 async fn connect_errors() {
     let mut cfg = sio_config(false);
-    cfg.auth.anonymous = false;
+    cfg.auth.anonymous = roomcast::config::Anonymous::Deny;
     let srv = start(cfg).await;
     let (_, answer) = Sio::connect(&srv, json!({"token": "x"})).await;
     let err: Value = serde_json::from_str(answer.strip_prefix('4').unwrap()).unwrap();
