@@ -226,7 +226,14 @@ mod tests {
                 env_name(&key)
             );
         }
-        for rule_key in ["pattern", "join_leave_events", "presence", "max_members"] {
+        for rule_key in [
+            "pattern",
+            "join",
+            "publish",
+            "join_leave_events",
+            "presence",
+            "max_members",
+        ] {
             assert!(
                 doc.contains(&format!("`rooms[].{rule_key}`")),
                 "rooms[].{rule_key} undocumented"

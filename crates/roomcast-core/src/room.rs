@@ -237,11 +237,20 @@ mod tests {
         let mut others = RoomRule::default_for("user:*");
         others.join = JoinRule::None;
         let rules = RoomRules::new(vec![own, others]);
-        assert_eq!(rules.for_room_as("user:42", Some("42")).join, JoinRule::Authenticated);
+        assert_eq!(
+            rules.for_room_as("user:42", Some("42")).join,
+            JoinRule::Authenticated
+        );
         assert_eq!(rules.for_room_as("user:42", Some("7")).join, JoinRule::None);
         assert_eq!(rules.for_room_as("user:42", None).join, JoinRule::None);
-        assert_eq!(rules.for_room_as("user:4*", Some("4*")).join, JoinRule::None);
-        assert_eq!(rules.for_room_as("user:42x", Some("42")).join, JoinRule::None);
+        assert_eq!(
+            rules.for_room_as("user:4*", Some("4*")).join,
+            JoinRule::None
+        );
+        assert_eq!(
+            rules.for_room_as("user:42x", Some("42")).join,
+            JoinRule::None
+        );
         // Without an actor (hub limits), the placeholder matches any user.
         assert_eq!(rules.for_room("user:42").join, JoinRule::Authenticated);
     }

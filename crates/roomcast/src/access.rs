@@ -223,9 +223,9 @@ impl Access {
                     return Err(Disconnect::TOO_MANY_CONNECTIONS);
                 }
             }
-            conn.authenticate(user).await.map_err(|e| {
-                Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string())
-            })?;
+            conn.authenticate(user)
+                .await
+                .map_err(|e| Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string()))?;
         } else if !self.anonymous {
             return Err(Disconnect::custom(
                 Disconnect::AUTH_FAILED.code,
@@ -246,7 +246,9 @@ impl Access {
         for room in &identity.rooms {
             match conn.join(room).await {
                 Ok(_) => self.webhook("join", conn, Some(room), None),
-                Err(e) => tracing::warn!(%room, error = %e, "could not join a room the credentials list"),
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "could not join a room the credentials list")
+                }
             }
         }
         self.webhook("connect", conn, None, None);
@@ -352,7 +354,10 @@ impl Access {
         if !self.send {
             return Err(self.denied(
                 "send",
-                Denied::new("forbidden", "clients may not send to users (client.send = false)"),
+                Denied::new(
+                    "forbidden",
+                    "clients may not send to users (client.send = false)",
+                ),
             ));
         }
         Ok(())

@@ -449,7 +449,10 @@ impl Backend {
         }
         if let Some(e) = error {
             let code = e.error.code.unwrap_or_else(|| "forbidden".to_owned());
-            let message = e.error.message.unwrap_or_else(|| "refused by the backend".to_owned());
+            let message = e
+                .error
+                .message
+                .unwrap_or_else(|| "refused by the backend".to_owned());
             return Err(Attempt::Refused(code, message));
         }
         if status.is_client_error() {
@@ -490,7 +493,12 @@ impl Backend {
         });
         let forwarded = self.forwarded(&handshake.headers);
         let v = self
-            .call(CallKind::Connect, &self.config.connect_url, &forwarded, &body)
+            .call(
+                CallKind::Connect,
+                &self.config.connect_url,
+                &forwarded,
+                &body,
+            )
             .await
             .map_err(|e| match e {
                 CallError::Refused { message, .. } => AuthFailure::Refused(message),
@@ -589,7 +597,8 @@ impl Backend {
         room: Option<&str>,
         reason: Option<&str>,
     ) {
-        if self.config.webhook_url.is_empty() || !self.config.webhook_events.iter().any(|e| e == kind)
+        if self.config.webhook_url.is_empty()
+            || !self.config.webhook_events.iter().any(|e| e == kind)
         {
             return;
         }
@@ -625,7 +634,9 @@ impl Backend {
             }
         };
         if tx.try_send(WebhookEvent { body }).is_err() {
-            self.metrics.webhooks_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .webhooks_dropped
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(kind, "webhook queue full: event dropped");
         }
     }
@@ -644,8 +655,7 @@ async fn post_webhooks(backend: std::sync::Weak<Backend>, mut rx: mpsc::Receiver
     while let Some(event) = rx.recv().await {
         let Some(b) = backend.upgrade() else { return };
         let url = b.config.webhook_url.clone();
-        if b
-            .call(CallKind::Webhook, &url, &HeaderMap::new(), &event.body)
+        if b.call(CallKind::Webhook, &url, &HeaderMap::new(), &event.body)
             .await
             .is_err()
         {

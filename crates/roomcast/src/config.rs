@@ -366,9 +366,15 @@ impl ProxyConfig {
             .iter()
             .enumerate()
             .map(|(i, r)| (format!("proxy.rpc_routes[{i}].url"), &r.url));
-        for (key, url) in urls.into_iter().map(|(k, u)| (k.to_owned(), u)).chain(routes) {
+        for (key, url) in urls
+            .into_iter()
+            .map(|(k, u)| (k.to_owned(), u))
+            .chain(routes)
+        {
             if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
-                return Err(format!("{key} must be an http:// or https:// URL, got {url:?}"));
+                return Err(format!(
+                    "{key} must be an http:// or https:// URL, got {url:?}"
+                ));
             }
         }
         if mode == AuthMode::Proxy && self.connect_url.is_empty() {
@@ -383,7 +389,9 @@ impl ProxyConfig {
             }
         }
         if self.timeout_ms == 0 || self.max_in_flight == 0 {
-            return Err("proxy.timeout_ms and proxy.max_in_flight must be greater than 0".to_owned());
+            return Err(
+                "proxy.timeout_ms and proxy.max_in_flight must be greater than 0".to_owned(),
+            );
         }
         Ok(())
     }

@@ -293,7 +293,11 @@ mod tests {
             .verify(&sign(Algorithm::HS384, "s", &json!({"sub":"a"})))
             .is_ok());
         assert_eq!(
-            v.verify(&sign(Algorithm::HS384, "s", &json!({"sub":"a","exp":now()-10}))),
+            v.verify(&sign(
+                Algorithm::HS384,
+                "s",
+                &json!({"sub":"a","exp":now()-10})
+            )),
             Err(TokenError::Expired)
         );
         // Other secret, other algorithm, nbf in the future, missing or empty sub.
@@ -304,7 +308,11 @@ mod tests {
             .verify(&sign(Algorithm::HS256, "s", &json!({"sub":"a"})))
             .is_err());
         assert!(v
-            .verify(&sign(Algorithm::HS384, "s", &json!({"sub":"a","nbf":now()+600})))
+            .verify(&sign(
+                Algorithm::HS384,
+                "s",
+                &json!({"sub":"a","nbf":now()+600})
+            ))
             .is_err());
         assert!(v
             .verify(&sign(Algorithm::HS384, "s", &json!({"name":"a"})))

@@ -286,7 +286,10 @@ pub fn render_with(
         }
         let _ = writeln!(out, "# HELP roomcast_proxy_seconds_total Time spent in backend proxy requests, by kind.\n# TYPE roomcast_proxy_seconds_total counter");
         for (kind, secs) in b.seconds() {
-            let _ = writeln!(out, "roomcast_proxy_seconds_total{{kind=\"{kind}\"}} {secs}");
+            let _ = writeln!(
+                out,
+                "roomcast_proxy_seconds_total{{kind=\"{kind}\"}} {secs}"
+            );
         }
         metric(
             &mut out,

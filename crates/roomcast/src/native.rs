@@ -416,7 +416,9 @@ mod tests {
             ClientCommand::Refresh { token } if token == "t"
         ));
         assert!(matches!(
-            decode(r#"{"type":"auth","data":{"k":"v"}}"#).unwrap().command,
+            decode(r#"{"type":"auth","data":{"k":"v"}}"#)
+                .unwrap()
+                .command,
             ClientCommand::Auth { data: Some(_), .. }
         ));
         assert!(matches!(

@@ -137,7 +137,9 @@ impl Server {
             .iter()
             .any(|u| !u.is_empty())
             .then(|| Backend::new(p, hub.node().to_string()))
-            .or_else(|| (!p.rpc_routes.is_empty()).then(|| Backend::new(p, hub.node().to_string())));
+            .or_else(|| {
+                (!p.rpc_routes.is_empty()).then(|| Backend::new(p, hub.node().to_string()))
+            });
         let auth: Arc<dyn Authenticator> =
             Arc::new(StandardAuthenticator::new(&config.auth, backend.clone())?);
         let metrics = Arc::new(ServerMetrics::default());

@@ -192,7 +192,9 @@ impl Rules {
                 "too many messages: slow down (limits.message_rate)",
             ),
             Rate::Close => {
-                self.access.metrics.disconnect(Disconnect::RATE_LIMITED.code);
+                self.access
+                    .metrics
+                    .disconnect(Disconnect::RATE_LIMITED.code);
                 let _ = self
                     .hub
                     .disconnect(Who::Conn(conn.id()), Disconnect::RATE_LIMITED)
@@ -226,7 +228,9 @@ impl Rules {
                 return self.refresh(conn, state, payload.first()).await;
             }
             if self.builtin {
-                return self.builtin(socket, conn, state, name, payload.first()).await;
+                return self
+                    .builtin(socket, conn, state, name, payload.first())
+                    .await;
             }
         }
         let backend = self.access.backend.as_ref().filter(|b| b.handles_events());
@@ -263,9 +267,13 @@ impl Rules {
             return error_ack("bad_request", "missing field `token`");
         };
         if conn.user().is_none() {
-            return error_ack("unauthenticated", "refresh is for authenticated connections");
+            return error_ack(
+                "unauthenticated",
+                "refresh is for authenticated connections",
+            );
         }
-        let handshake = Access::handshake(conn, "socketio", state.namespace.clone(), &state.forwarded);
+        let handshake =
+            Access::handshake(conn, "socketio", state.namespace.clone(), &state.forwarded);
         match self
             .auth
             .authenticate(Credentials::Token(token.to_owned()), &handshake)
@@ -369,7 +377,12 @@ impl Rules {
 }
 
 /// Disconnects a Socket.IO connection whose credentials expired without a refresh.
-async fn expire(hub: Hub, conn: roomcast_core::ConnId, state: Arc<ClientState>, mut wait: Duration) {
+async fn expire(
+    hub: Hub,
+    conn: roomcast_core::ConnId,
+    state: Arc<ClientState>,
+    mut wait: Duration,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -381,5 +394,7 @@ async fn expire(hub: Hub, conn: roomcast_core::ConnId, state: Arc<ClientState>, 
             None => return,
         }
     }
-    let _ = hub.disconnect(Who::Conn(conn), Disconnect::TOKEN_EXPIRED).await;
+    let _ = hub
+        .disconnect(Who::Conn(conn), Disconnect::TOKEN_EXPIRED)
+        .await;
 }
