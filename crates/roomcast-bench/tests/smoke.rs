@@ -13,6 +13,11 @@ async fn node(broker: Option<&str>) -> (std::net::SocketAddr, tokio::sync::onesh
     let mut config = roomcast::Config::default();
     config.socketio.builtin_events = true;
     config.socketio.event_prefix = String::new();
+    // As bench/roomcast.toml: the fanout publisher is not a member of the room.
+    config.rooms = vec![roomcast::roomcast_core::room::RoomRule {
+        publish: roomcast::roomcast_core::room::PublishRule::Anyone,
+        ..roomcast::roomcast_core::room::RoomRule::default_for("bench")
+    }];
     if let Some(url) = broker {
         config.broker.url = url.to_owned();
     }
