@@ -127,7 +127,8 @@ struct ConnMeta {
     user: Option<Arc<str>>,
     rooms: Vec<String>,
     session: Map<String, Value>,
-    info: Option<Value>,
+    /// Public data (JSON text), passed to the presence store.
+    info: Option<Arc<str>>,
     closed: bool,
 }
 
@@ -551,10 +552,12 @@ impl Hub {
     }
 
     fn member_of(&self, c: &ConnState) -> Member {
+        let meta = c.meta();
         Member {
             conn: c.id,
-            user: c.meta().user.clone(),
+            user: meta.user.clone(),
             node: self.inner.node,
+            info: meta.info.clone(),
         }
     }
 
@@ -1037,7 +1040,10 @@ impl Hub {
                     node: self.inner.node.to_string(),
                     rooms,
                     session: Some(meta.session.clone()),
-                    info: meta.info.clone(),
+                    info: meta
+                        .info
+                        .as_deref()
+                        .and_then(|i| serde_json::from_str(i).ok()),
                 }));
             }
         }
@@ -1201,14 +1207,16 @@ impl Connection {
     }
 
     /// Sets the connection's public data (a token's `info` claim), shown by
-    /// [`Hub::connection_info`].
-    pub fn set_info(&self, info: Value) {
-        self.state.meta().info = Some(info);
+    /// [`Hub::connection_info`] and, once the connection authenticates (call
+    /// this first), in room presence next to its user.
+    pub fn set_info(&self, info: &Value) {
+        self.state.meta().info = Some(Arc::from(info.to_string()));
     }
 
     /// The connection's public data.
     pub fn info(&self) -> Option<Value> {
-        self.state.meta().info.clone()
+        let text = self.state.meta().info.clone()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Removes the connection from every room, index and the presence store.

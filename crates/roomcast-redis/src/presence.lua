@@ -53,11 +53,16 @@ local function unuser(c, u)
   end
 end
 
-local function connect(c, n, u)
+local function connect(c, n, u, info)
   local old = redis.call('HGET', P .. ':conn_user', c)
   if old and old ~= u then unuser(c, old) end
   redis.call('HSET', P .. ':conn_node', c, n)
   redis.call('HSET', P .. ':conn_user', c, u)
+  if info and info ~= '' then
+    redis.call('HSET', P .. ':conn_info', c, info)
+  else
+    redis.call('HDEL', P .. ':conn_info', c)
+  end
   redis.call('SADD', P .. ':node:' .. n .. ':conns', c)
   if u ~= '' and redis.call('SADD', P .. ':user:' .. u, c) == 1 then
     redis.call('HINCRBY', P .. ':users', u, 1)
@@ -78,6 +83,7 @@ local function disconnect(c, events)
   if n then redis.call('SREM', P .. ':node:' .. n .. ':conns', c) end
   redis.call('HDEL', P .. ':conn_user', c)
   redis.call('HDEL', P .. ':conn_node', c)
+  redis.call('HDEL', P .. ':conn_info', c)
 end
 
 local function now_ms()
@@ -92,22 +98,22 @@ elseif op == 'leave' then       -- room, conn
   local r = leave(ARGV[3], ARGV[4])
   if not r then return {0, 0} end
   return {1, r[1]}
-elseif op == 'connect' then     -- conn, node, user
-  connect(ARGV[3], ARGV[4], ARGV[5])
+elseif op == 'connect' then     -- conn, node, user, info JSON (or '')
+  connect(ARGV[3], ARGV[4], ARGV[5], ARGV[6])
   return 1
 elseif op == 'disconnect' then  -- conn
   local events = {}
   disconnect(ARGV[3], events)
   return events
-elseif op == 'sync' then        -- conn, node, user, rooms...
+elseif op == 'sync' then        -- conn, node, user, info JSON (or ''), rooms...
   local c, u = ARGV[3], ARGV[5]
-  connect(c, ARGV[4], u)
+  connect(c, ARGV[4], u, ARGV[6])
   local want = {}
-  for i = 6, #ARGV do want[ARGV[i]] = true end
+  for i = 7, #ARGV do want[ARGV[i]] = true end
   for _, room in ipairs(redis.call('SMEMBERS', P .. ':conn:' .. c .. ':rooms')) do
     if not want[room] then leave(room, c) end
   end
-  for i = 6, #ARGV do join(ARGV[i], c, u) end
+  for i = 7, #ARGV do join(ARGV[i], c, u) end
   return 1
 elseif op == 'heartbeat' then   -- node, info JSON, ttl_ms; returns {was_registered, dead nodes...}
   local now = now_ms()

@@ -38,6 +38,7 @@ struct RoomCount {
 struct MirrorConn {
     node: NodeId,
     user: Option<Arc<str>>,
+    info: Option<Arc<str>>,
     rooms: Vec<String>,
 }
 
@@ -53,6 +54,7 @@ impl Mirror {
         let conn = self.conns.entry(m.conn).or_insert_with(|| MirrorConn {
             node: m.node,
             user: m.user.clone(),
+            info: m.info.clone(),
             rooms: Vec::new(),
         });
         let count = self.rooms.entry(room.to_owned()).or_default();
@@ -224,6 +226,7 @@ impl State {
                         id.to_string(),
                         c.node.to_string(),
                         c.user.as_deref().unwrap_or("").to_owned(),
+                        c.info.as_deref().unwrap_or("").to_owned(),
                     ];
                     args.extend(c.rooms.iter().cloned());
                     args
@@ -393,9 +396,11 @@ impl PresenceStore for RedisPresence {
                 let c = m.conns.entry(member.conn).or_insert_with(|| MirrorConn {
                     node: member.node,
                     user: None,
+                    info: None,
                     rooms: Vec::new(),
                 });
                 c.user = member.user.clone();
+                c.info = member.info.clone();
             }
             let _: Option<i64> = self
                 .state
@@ -404,6 +409,7 @@ impl PresenceStore for RedisPresence {
                     &member.conn.to_string(),
                     &member.node.to_string(),
                     user_arg(&member.user),
+                    member.info.as_deref().unwrap_or(""),
                 ])
                 .await;
             Ok(())
@@ -483,20 +489,39 @@ impl PresenceStore for RedisPresence {
         Box::pin(async move {
             let members: HashMap<String, String> =
                 self.state.query(redis::cmd("HGETALL").arg(key)).await?;
-            let mut users: HashMap<&str, usize> = HashMap::new();
+            // Per user: how many connections, and one of them (for its info).
+            let mut users: HashMap<&str, (usize, &str)> = HashMap::new();
             let mut anonymous = 0;
-            for u in members.values() {
+            for (c, u) in &members {
                 if u.is_empty() {
                     anonymous += 1;
                 } else {
-                    *users.entry(u).or_default() += 1;
+                    users.entry(u).or_insert((0, c)).0 += 1;
+                }
+            }
+            let mut infos: HashMap<&str, serde_json::Value> = HashMap::new();
+            if !users.is_empty() {
+                let conns: Vec<&str> = users.values().map(|(_, c)| *c).collect();
+                let found: Vec<Option<String>> = self
+                    .state
+                    .query(
+                        redis::cmd("HMGET")
+                            .arg(self.state.shared.key("conn_info"))
+                            .arg(&conns),
+                    )
+                    .await?;
+                for (c, info) in conns.into_iter().zip(found) {
+                    if let Some(v) = info.and_then(|i| serde_json::from_str(&i).ok()) {
+                        infos.insert(c, v);
+                    }
                 }
             }
             let mut users: Vec<UserCount> = users
                 .into_iter()
-                .map(|(u, n)| UserCount {
+                .map(|(u, (n, c))| UserCount {
                     user: Arc::from(u),
                     connections: n,
+                    info: infos.remove(c),
                 })
                 .collect();
             users.sort_by(|a, b| a.user.cmp(&b.user));

@@ -209,6 +209,10 @@ impl Access {
         state: &ClientState,
         identity: Identity,
     ) -> Result<(), Disconnect> {
+        if let Some(info) = &identity.info {
+            // Before authenticating, so presence carries it.
+            conn.set_info(info);
+        }
         if let Some(user) = &identity.user {
             if self.max_per_user > 0 {
                 let open = conn
@@ -235,9 +239,6 @@ impl Access {
         if !identity.session.is_empty() {
             conn.merge_session(identity.session)
                 .map_err(|e| Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string()))?;
-        }
-        if let Some(info) = identity.info {
-            conn.set_info(info);
         }
         state
             .expires_at
@@ -272,7 +273,7 @@ impl Access {
             .expires_at
             .store(identity.expires_at.unwrap_or(0), Ordering::Relaxed);
         state.granted().extend(identity.rooms);
-        if let Some(info) = identity.info {
+        if let Some(info) = &identity.info {
             conn.set_info(info);
         }
         Ok(identity.expires_at)

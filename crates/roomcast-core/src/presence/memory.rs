@@ -15,6 +15,7 @@ struct Conn {
     user: Option<Arc<str>>,
     node: NodeId,
     rooms: Vec<String>,
+    info: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -111,6 +112,7 @@ impl PresenceStore for MemoryPresence {
                     user: member.user.clone(),
                     node: member.node,
                     rooms: Vec::new(),
+                    info: member.info.clone(),
                 },
             );
             if let Some(user) = &member.user {
@@ -175,6 +177,13 @@ impl PresenceStore for MemoryPresence {
                 let users: BTreeMap<&Arc<str>, usize> =
                     r.users.iter().map(|(u, n)| (u, *n)).collect();
                 let named: usize = users.values().sum();
+                let mut infos: HashMap<&Arc<str>, &Arc<str>> = HashMap::new();
+                for (c, u) in &r.conns {
+                    if let (Some(u), Some(info)) = (u, s.conns.get(c).and_then(|c| c.info.as_ref()))
+                    {
+                        infos.entry(u).or_insert(info);
+                    }
+                }
                 RoomPresence {
                     connections: r.conns.len(),
                     anonymous: r.conns.len() - named,
@@ -183,6 +192,7 @@ impl PresenceStore for MemoryPresence {
                         .map(|(u, n)| UserCount {
                             user: u.clone(),
                             connections: n,
+                            info: infos.get(u).and_then(|i| serde_json::from_str(i).ok()),
                         })
                         .collect(),
                 }

@@ -29,6 +29,8 @@ pub struct Member {
     pub user: Option<Arc<str>>,
     /// The node it is connected to.
     pub node: NodeId,
+    /// Public data about it (a token's `info` claim), as JSON text.
+    pub info: Option<Arc<str>>,
 }
 
 /// What a join changed.
@@ -52,16 +54,19 @@ pub struct LeaveOutcome {
 }
 
 /// One user in a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UserCount {
     /// The user id.
     pub user: Arc<str>,
     /// How many of the user's connections are in the room.
     pub connections: usize,
+    /// The `info` of one of those connections, when they have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// Who is in a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct RoomPresence {
     /// Every connection in the room, with or without a user.
     pub connections: usize,
@@ -179,6 +184,7 @@ pub mod suite {
             conn: ConnId(conn),
             user: user.map(Arc::from),
             node: NodeId(0x0100_0001),
+            info: None,
         }
     }
 
@@ -187,6 +193,38 @@ pub mod suite {
         first_and_last_connection_of_a_user(make()).await;
         disconnect_leaves_every_room(make()).await;
         anonymous_members_are_counted(make()).await;
+        info_is_shown_per_user(make()).await;
+    }
+
+    async fn info_is_shown_per_user(s: impl PresenceStore) {
+        let mut a = member(1, Some("alice"));
+        a.info = Some(Arc::from(r#"{"name":"Alice","avatar":"/a.png"}"#));
+        let b = member(2, Some("bob"));
+        for m in [&a, &b] {
+            s.connect(m).await.unwrap();
+            s.join("r", m).await.unwrap();
+        }
+        let p = s.room("r").await.unwrap();
+        assert_eq!(
+            p.users
+                .iter()
+                .map(|u| (u.user.as_ref(), u.info.clone()))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    "alice",
+                    Some(serde_json::json!({"name":"Alice","avatar":"/a.png"}))
+                ),
+                ("bob", None)
+            ]
+        );
+        // A connection id reused after a disconnect does not inherit the info.
+        s.disconnect(a.conn).await.unwrap();
+        let again = member(1, Some("alice"));
+        s.connect(&again).await.unwrap();
+        s.join("r", &again).await.unwrap();
+        let p = s.room("r").await.unwrap();
+        assert_eq!(p.users[0].info, None);
     }
 
     async fn first_and_last_connection_of_a_user(s: impl PresenceStore) {
@@ -216,11 +254,13 @@ pub mod suite {
             vec![
                 UserCount {
                     user: "alice".into(),
-                    connections: 2
+                    connections: 2,
+                    info: None,
                 },
                 UserCount {
                     user: "bob".into(),
-                    connections: 1
+                    connections: 1,
+                    info: None,
                 }
             ]
         );
