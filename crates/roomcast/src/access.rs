@@ -244,15 +244,17 @@ impl Access {
             .expires_at
             .store(identity.expires_at.unwrap_or(0), Ordering::Relaxed);
         state.granted().extend(identity.rooms.iter().cloned());
+        // `connect` is posted before the joins it causes.
+        self.webhook("connect", conn, None, None);
         for room in &identity.rooms {
             match conn.join(room).await {
-                Ok(_) => self.webhook("join", conn, Some(room), None),
+                Ok(true) => self.webhook("join", conn, Some(room), None),
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(%room, error = %e, "could not join a room the credentials list")
                 }
             }
         }
-        self.webhook("connect", conn, None, None);
         Ok(())
     }
 

@@ -167,6 +167,9 @@ pub(crate) async fn serve(
         None if proxy => Some(Credentials::Handshake),
         None => None,
     };
+    if credentials.is_none() {
+        s.access.webhook("connect", &conn, None, None);
+    }
     if let Some(credentials) = credentials {
         let handshake = Access::handshake(&conn, "websocket", None, &headers);
         let admitted = match s.auth.authenticate(credentials, &handshake).await {
