@@ -55,9 +55,15 @@ pub(crate) struct ClientState {
     bucket: Mutex<Bucket>,
     /// Messages refused in a row for the rate limit.
     strikes: AtomicU32,
+    /// Backend calls (event proxy) this connection may have in flight.
+    pub rpc_slots: tokio::sync::Semaphore,
     /// Cancelled when the connection closes (ends its expiry timer).
     pub closed: tokio_util::sync::CancellationToken,
 }
+
+/// Event-proxy calls one connection may have in flight; more are refused
+/// with `too_many_requests` (a native connection runs one command at a time anyway).
+pub(crate) const RPC_PER_CONNECTION: usize = 8;
 
 /// Whether a message may go on under the rate limit.
 pub(crate) enum Rate {
@@ -97,6 +103,7 @@ impl ClientState {
                 last: Instant::now(),
             }),
             strikes: AtomicU32::new(0),
+            rpc_slots: tokio::sync::Semaphore::new(RPC_PER_CONNECTION),
             closed: tokio_util::sync::CancellationToken::new(),
         }
     }

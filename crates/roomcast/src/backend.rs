@@ -20,6 +20,21 @@ use crate::config::ProxyConfig;
 /// The header carrying `proxy.secret`.
 pub const SECRET_HEADER: &str = "x-roomcast-secret";
 
+/// Headers never forwarded from a client, whatever `proxy.forward_headers`
+/// says: they belong to the request roomcast makes, or would let a client
+/// speak as roomcast.
+const NEVER_FORWARDED: [&str; 9] = [
+    SECRET_HEADER,
+    crate::server::PEER_HEADER,
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+];
+
 /// What a backend call was for (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {
@@ -300,6 +315,7 @@ impl Backend {
             .forward_headers
             .iter()
             .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+            .filter(|h| !NEVER_FORWARDED.contains(&h.as_str()))
             .collect();
         let webhooks = (!config.webhook_url.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel(config.webhook_queue.max(1));

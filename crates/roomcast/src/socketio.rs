@@ -246,6 +246,12 @@ impl Rules {
         if let Err(d) = self.access.may_act(conn) {
             return denied(d);
         }
+        let Ok(_slot) = state.rpc_slots.try_acquire() else {
+            return error_ack(
+                "too_many_requests",
+                "too many events waiting for the backend on this connection",
+            );
+        };
         let user = conn.user();
         let caller = state.caller(conn, user.as_deref());
         let data = payload.first().clone();
