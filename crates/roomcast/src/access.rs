@@ -209,13 +209,15 @@ impl Access {
     }
 
     /// Applies credentials' identity to a fresh connection: user, the
-    /// per-user limit, session data, rooms (joined and granted), expiry.
+    /// per-user limit, session data, granted rooms, expiry. Returns the rooms
+    /// to join with [`join_granted`](Access::join_granted), once the client
+    /// has been told who it is.
     pub(crate) async fn admit(
         &self,
         conn: &Connection,
         state: &ClientState,
         identity: Identity,
-    ) -> Result<(), Disconnect> {
+    ) -> Result<Vec<String>, Disconnect> {
         if let Some(info) = &identity.info {
             // Before authenticating, so presence carries it.
             conn.set_info(info);
@@ -253,7 +255,12 @@ impl Access {
         state.granted().extend(identity.rooms.iter().cloned());
         // `connect` is posted before the joins it causes.
         self.webhook("connect", conn, None, None);
-        for room in &identity.rooms {
+        Ok(identity.rooms)
+    }
+
+    /// Joins the rooms the credentials listed.
+    pub(crate) async fn join_granted(&self, conn: &Connection, rooms: &[String]) {
+        for room in rooms {
             match conn.join(room).await {
                 Ok(true) => self.webhook("join", conn, Some(room), None),
                 Ok(false) => {}
@@ -262,7 +269,6 @@ impl Access {
                 }
             }
         }
-        Ok(())
     }
 
     /// A fresh token for a connection: same user, new expiry and grants.

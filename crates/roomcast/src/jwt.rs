@@ -180,8 +180,16 @@ impl Verifier {
     /// Checks a token: signature with the key its header names (by `kid`, and
     /// only with that key's algorithm), `exp`, `nbf`, `iss` and `aud`.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            TokenError::Invalid(match e.kind() {
+                // An `alg` this library does not know, `none` included.
+                ErrorKind::Json(_) if token.split('.').count() == 3 => {
+                    "unreadable header or unsupported algorithm".to_owned()
+                }
+                _ => "malformed token".to_owned(),
+            })
+        })?;
         let candidates: Vec<&Key> = self
             .keys
             .iter()

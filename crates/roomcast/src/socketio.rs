@@ -134,10 +134,12 @@ impl Rules {
                     m.auth_failure(f.reason());
                     refusal_of(&f.disconnect())
                 })?;
-                self.access
+                let rooms = self
+                    .access
                     .admit(&conn, &state, identity)
                     .await
                     .map_err(|d| refusal_of(&d))?;
+                self.access.join_granted(&conn, &rooms).await;
             }
             None if !self.access.anonymous() => {
                 m.auth_failure("refused");

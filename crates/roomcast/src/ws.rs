@@ -170,6 +170,7 @@ pub(crate) async fn serve(
     if credentials.is_none() {
         s.access.webhook("connect", &conn, None, None);
     }
+    let mut rooms = Vec::new();
     if let Some(credentials) = credentials {
         let handshake = Access::handshake(&conn, "websocket", None, &headers);
         let admitted = match s.auth.authenticate(credentials, &handshake).await {
@@ -179,12 +180,15 @@ pub(crate) async fn serve(
                 Err(f.disconnect())
             }
         };
-        if let Err(d) = admitted {
-            tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
-            s.metrics.disconnect(d.code);
-            close_with(&mut socket, &d).await;
-            conn.close().await;
-            return;
+        match admitted {
+            Ok(r) => rooms = r,
+            Err(d) => {
+                tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
+                s.metrics.disconnect(d.code);
+                close_with(&mut socket, &d).await;
+                conn.close().await;
+                return;
+            }
         }
     }
     let welcome = json!({
@@ -197,6 +201,8 @@ pub(crate) async fn serve(
         "protocol": 1,
     });
     let _ = conn.send_frame(Frame::text(welcome.to_string()));
+    // After the welcome, so that it stays the first frame.
+    s.access.join_granted(&conn, &rooms).await;
     let mut task = Task {
         server: server.clone(),
         conn,
@@ -247,7 +253,7 @@ async fn authenticate(
         .authenticate(credentials, &handshake)
         .await
         .map_err(|f| refuse_auth(server, f))?;
-    s.access.admit(conn, state, identity).await.map_err(|d| {
+    let rooms = s.access.admit(conn, state, identity).await.map_err(|d| {
         Refusal::new(
             if d == Disconnect::TOO_MANY_CONNECTIONS {
                 "too_many_connections"
@@ -257,6 +263,7 @@ async fn authenticate(
             d.reason,
         )
     })?;
+    s.access.join_granted(conn, &rooms).await;
     Ok(json!({ "user": conn.user().as_deref(), "expires_at": state.expires_at() }))
 }
 
