@@ -1213,16 +1213,95 @@ def cluster_section(opts):
     return L, 1
 
 
+# --- the security section ---------------------------------------------------------------
+
+SECURITY_HEADING = "## Security features"
+
+
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if v else None
+
+
+def security_section(path):
+    """The "Security features" section from bench/security.py's results."""
+    records = load_records(path)
+    connect = [r for r in records if r.get("case") == "connect" and r.get("connect_rate")]
+    rpc = [r for r in records if r.get("case") == "rpc" and r.get("proxied")]
+    runs = max([r.get("run", 0) for r in records] + [0]) + 1
+    L = [SECURITY_HEADING, ""]
+    L.append(
+        f"Measured by `scripts/bench-security` (`python3 bench/security.py`), {runs} run(s), medians shown; "
+        "each case on a fresh roomcast process on 127.0.0.1, on the same 2-core machine as the generator."
+    )
+    L.append("")
+    L.append(
+        f"**Connecting with a token.** {connect[0]['clients'] if connect else 0:,} native connections opened "
+        "20 at a time, each presenting the same JWT at the upgrade (`?token=`), against open mode in the same run. "
+        "The difference is the signature check (jsonwebtoken with its pure-Rust `rust_crypto` backend)."
+    )
+    L.append("")
+    L.append("| authentication | connects/s (median) | range | ÷ open mode |")
+    L.append("|---|---:|---:|---:|")
+    by = {}
+    for r in connect:
+        by.setdefault(r["auth"], []).append(r["connect_rate"])
+    base = median(by.get("open", []))
+    for name in ("open", "HS256", "RS256", "ES256"):
+        if name not in by:
+            continue
+        m = median(by[name])
+        L.append(
+            f"| {'none (open mode)' if name == 'open' else name + ' token'} | {fmt_num(m)} | "
+            f"{fmt_num(min(by[name]))}–{fmt_num(max(by[name]))} | {m / base:.2f}× |"
+        )
+    L.append("")
+    L.append(
+        "**Client events through the event proxy.** `roomcast-bench rpc`: 50 callers, each with one call in flight, "
+        "5 s per phase, against a backend the generator serves (`POST /rpc` echoes the data). *Direct*: the callers "
+        "POST straight to the backend over keep-alive HTTP. *Through roomcast*: the callers are WebSocket clients "
+        "sending events (`{\"type\":\"rpc\"}` or a Socket.IO event with an ack); roomcast posts each to the backend "
+        "and acks with its answer. The generator, roomcast and the backend share the two cores."
+    )
+    L.append("")
+    L.append("| protocol | direct calls/s | through roomcast calls/s | ÷ direct | p50 / p99 ms (through roomcast) | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    byp = {}
+    for r in rpc:
+        byp.setdefault(r["protocol"], []).append(r)
+    for proto in ("native", "socketio"):
+        rs = byp.get(proto)
+        if not rs:
+            continue
+        mid = sorted(rs, key=lambda r: r["proxied"]["calls_per_sec"])[len(rs) // 2]
+        d, pr = mid["direct"], mid["proxied"]
+        L.append(
+            f"| {proto} | {fmt_num(d['calls_per_sec'])} | {fmt_num(pr['calls_per_sec'])} | "
+            f"{pr['calls_per_sec'] / d['calls_per_sec']:.2f}× | {fmt_ms(pr['latency_ms']['p50'])} / "
+            f"{fmt_ms(pr['latency_ms']['p99'])} | {sum(r['proxied']['errors'] for r in rs)} |"
+        )
+    L.append("")
+    L.append(
+        "A client publication now also looks up the room's rule and, for `publish = \"members\"`, checks that the "
+        "sender is in the room: work per publication, not per delivery. The bench's fanout publisher is not a member, "
+        "so its room has a rule allowing that (`bench/roomcast.toml`)."
+    )
+    L.append("")
+    return L
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="?", help="results.jsonl of `scripts/bench quick|full`: makes the whole page")
     ap.add_argument("--cluster", metavar="CLUSTER_JSONL",
                     help="cluster.jsonl of `scripts/bench cluster`: makes the Cluster section (alone: only that section)")
+    ap.add_argument("--security", metavar="SECURITY_JSONL",
+                    help="security.jsonl of `scripts/bench-security`: makes the Security features section")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
     ap.add_argument("--charts", default=os.path.join(ROOT, "docs/bench"))
     opts = ap.parse_args()
-    if not opts.results and not opts.cluster:
-        ap.error("give results.jsonl, --cluster cluster.jsonl, or both")
+    if not opts.results and not opts.cluster and not opts.security:
+        ap.error("give results.jsonl, --cluster cluster.jsonl, --security security.jsonl, or several")
 
     previous = None
     if os.path.exists(opts.out):
@@ -1244,6 +1323,13 @@ def main():
         ap.error(f"{opts.out} does not exist yet: give results.jsonl too")
     if section:
         page = with_section(page, CLUSTER_HEADING, section, before="## Machine and versions")
+    security = None
+    if opts.security:
+        security = security_section(opts.security)
+    elif previous is not None:
+        security = find_section(previous, SECURITY_HEADING)
+    if security:
+        page = with_section(page, SECURITY_HEADING, security, before="## Machine and versions")
 
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w", encoding="utf-8") as f:

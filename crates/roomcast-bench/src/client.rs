@@ -30,6 +30,8 @@ pub struct Target {
     pub protocol: Protocol,
     /// Its position among the targets: deliveries are also counted per target.
     pub node: usize,
+    /// A connection token: `?token=` (native) or the CONNECT auth (Socket.IO).
+    pub token: Option<String>,
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -93,9 +95,10 @@ impl Conn {
             .await
             .map_err(|e| format!("connect {}: {e}", target.addr))?;
         let _ = tcp.set_nodelay(true);
-        let query = match target.protocol {
-            Protocol::SocketIo { .. } => "?EIO=4&transport=websocket",
-            _ => "",
+        let query = match (&target.protocol, &target.token) {
+            (Protocol::SocketIo { .. }, _) => "?EIO=4&transport=websocket".to_owned(),
+            (Protocol::Native, Some(t)) => format!("?token={t}"),
+            _ => String::new(),
         };
         let url = format!("ws://{}{}{}", target.addr, target.path, query);
         let config = WebSocketConfig::default()
@@ -106,14 +109,21 @@ impl Conn {
             .map_err(|e| format!("websocket handshake: {e}"))?;
         match &target.protocol {
             Protocol::Native => {
-                next_text(&mut ws).await?; // welcome
+                let welcome = next_text(&mut ws).await?;
+                if !welcome.contains(r#""type":"welcome""#) {
+                    return Err(format!("expected the welcome frame, got {welcome}"));
+                }
             }
             Protocol::SocketIo { .. } => {
                 let open = next_text(&mut ws).await?;
                 if !open.starts_with('0') {
                     return Err(format!("expected an Engine.IO open packet, got {open}"));
                 }
-                ws.send(Message::text("40"))
+                let connect = match &target.token {
+                    Some(t) => format!(r#"40{{"token":"{t}"}}"#),
+                    None => "40".to_owned(),
+                };
+                ws.send(Message::text(connect))
                     .await
                     .map_err(|e| e.to_string())?;
                 loop {
@@ -215,6 +225,60 @@ impl Conn {
             .flush()
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Sends one event to the backend through the server and waits for its
+    /// ack (native `rpc`, or a Socket.IO event with an ack id).
+    pub async fn rpc(&mut self, id: u64, event: &str, data: &str) -> Result<(), String> {
+        let frame = match &self.target.protocol {
+            Protocol::Native => {
+                format!(r#"{{"type":"rpc","id":{id},"event":"{event}","data":{data}}}"#)
+            }
+            Protocol::SocketIo { .. } => format!(r#"42{id}["{event}",{data}]"#),
+            Protocol::Plain => return Err("plain WebSocket has no acks".into()),
+        };
+        self.sink
+            .lock()
+            .await
+            .send(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())?;
+        let native_ack = format!(r#""id":{id},"#);
+        let sio_ack = format!("43{id}[");
+        let stream = self.stream.as_mut().ok_or("already receiving")?;
+        loop {
+            let m = stream
+                .next()
+                .await
+                .ok_or("closed while waiting for an ack")?
+                .map_err(|e| e.to_string())?;
+            let Message::Text(t) = m else { continue };
+            let t = t.as_str();
+            match &self.target.protocol {
+                Protocol::Native if t.contains(r#""type":"error""#) => {
+                    return Err(format!("rpc refused: {t}"))
+                }
+                Protocol::Native if t.contains(r#""type":"ack""#) && t.contains(&native_ack) => {
+                    return Ok(())
+                }
+                Protocol::SocketIo { .. } if t.starts_with(&sio_ack) => {
+                    return if t.contains(r#""error""#) {
+                        Err(format!("rpc refused: {t}"))
+                    } else {
+                        Ok(())
+                    };
+                }
+                Protocol::SocketIo { .. } if t == "2" => {
+                    self.sink
+                        .lock()
+                        .await
+                        .send(Message::text("3"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Starts a task that reads this connection, records each delivery's

@@ -16,6 +16,7 @@
 //! - `churn`: connect/join/disconnect cycles while a fanout runs.
 
 mod client;
+mod rpc;
 mod stats;
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ enum Scenario {
     Rooms(RoomsArgs),
     /// Connect/join/disconnect cycles while a fanout runs.
     Churn(ChurnArgs),
+    /// Client events through the server's event proxy to a backend this
+    /// generator serves, against the same backend called directly.
+    Rpc(rpc::RpcArgs),
 }
 
 #[derive(Args, Clone)]
@@ -88,6 +92,10 @@ struct Common {
     /// A label for the server, copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// A connection token every connection presents (`?token=` for native,
+    /// the Socket.IO CONNECT auth `{"token": ...}`).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -203,6 +211,7 @@ impl Common {
             path,
             protocol,
             node,
+            token: self.token.clone(),
         }
     }
 
@@ -586,13 +595,18 @@ async fn main() {
         Scenario::Fanout(a) => a.common.clone(),
         Scenario::Rooms(a) => a.common.clone(),
         Scenario::Churn(a) => a.fanout.common.clone(),
+        Scenario::Rpc(a) => a.common.clone(),
     };
     let publish_on = match &cli.scenario {
         Scenario::Fanout(a) => a.publish_on,
         Scenario::Churn(a) => a.fanout.publish_on,
         _ => 1,
     };
-    if let Err(e) = check_targets(&common.addrs, publish_on) {
+    let backend_ok = match &cli.scenario {
+        Scenario::Rpc(a) => loopback_only(&a.backend),
+        _ => Ok(()),
+    };
+    if let Err(e) = check_targets(&common.addrs, publish_on).and(backend_ok) {
         eprintln!("roomcast-bench: {e}");
         std::process::exit(2);
     }
@@ -604,6 +618,7 @@ async fn main() {
             let rate = a.cycles;
             fanout(a.fanout, Some(rate)).await
         }
+        Scenario::Rpc(a) => rpc::run(a).await,
     };
     match result {
         Ok(mut v) => {
