@@ -200,7 +200,14 @@ impl Access {
             return Rate::Ok;
         }
         self.metrics.rate_limited("message");
-        if state.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= self.burst {
+        let strikes = state.strikes.fetch_add(1, Ordering::Relaxed) + 1;
+        if strikes == 1 {
+            tracing::info!(
+                transport = state.transport,
+                "a connection went over the message rate limit"
+            );
+        }
+        if strikes >= self.burst {
             tracing::info!("closing a connection that kept sending over the message rate limit");
             Rate::Close
         } else {
