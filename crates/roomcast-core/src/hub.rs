@@ -887,7 +887,7 @@ impl Hub {
                 let _ = c.outbox.push(f);
             }
         }
-        if outcome.first_for_user && rule.join_leave_events {
+        if outcome.first_for_user && rule.announces_members() {
             if let Some(user) = member.user {
                 self.presence_event(room, PresenceKind::Join, user, c.id)
                     .await;
@@ -951,7 +951,7 @@ impl Hub {
         let outcome = inner.presence.leave(room, id).await.inspect_err(|e| {
             self.backend_error(e);
         })?;
-        if outcome.last_for_user && inner.config.rooms.for_room(room).join_leave_events {
+        if outcome.last_for_user && inner.config.rooms.for_room(room).announces_members() {
             if let Some(user) = user {
                 self.presence_event(room, PresenceKind::Leave, user, id)
                     .await;

@@ -88,7 +88,8 @@ pub struct RoomRule {
     /// joins or their last leaves. Default: true.
     #[serde(default = "yes")]
     pub join_leave_events: bool,
-    /// Whether clients may ask who is in the room. Default: true.
+    /// Whether clients may ask who is in the room. `false` also stops the
+    /// join/leave events, which would tell the same. Default: true.
     #[serde(default = "yes")]
     pub presence: bool,
     /// The most connections the room may hold; 0 means no limit. Default: 0.
@@ -111,6 +112,12 @@ impl RoomRule {
             presence: true,
             max_members: 0,
         }
+    }
+
+    /// Whether members get join/leave events: `join_leave_events`, unless
+    /// `presence` hides who is in the room.
+    pub fn announces_members(&self) -> bool {
+        self.join_leave_events && self.presence
     }
 
     /// Whether this rule applies to `room`, whoever acts (`#{user}` matches any user).

@@ -151,7 +151,13 @@ impl Rules {
             None => self.access.webhook("connect", &conn, None, None),
         }
         if let Some(wait) = state.expires_in() {
-            tokio::spawn(expire(self.hub.clone(), conn.id(), state.clone(), wait));
+            tokio::spawn(expire(
+                self.hub.clone(),
+                self.access.clone(),
+                conn.id(),
+                state.clone(),
+                wait,
+            ));
         }
         let rules = self.clone();
         let st = state.clone();
@@ -387,6 +393,7 @@ impl Rules {
 /// Disconnects a Socket.IO connection whose credentials expired without a refresh.
 async fn expire(
     hub: Hub,
+    access: Arc<Access>,
     conn: roomcast_core::ConnId,
     state: Arc<ClientState>,
     mut wait: Duration,
@@ -402,6 +409,8 @@ async fn expire(
             None => return,
         }
     }
+    access.metrics.auth_failure("expired");
+    access.metrics.disconnect(Disconnect::TOKEN_EXPIRED.code);
     let _ = hub
         .disconnect(Who::Conn(conn), Disconnect::TOKEN_EXPIRED)
         .await;

@@ -26,11 +26,22 @@ pub struct Sio {
 impl Sio {
     /// Opens an Engine.IO session on WebSocket at `path` (e.g. `/socket.io/`).
     pub async fn open(addr: SocketAddr, path: &str) -> (Sio, Value) {
-        let (ws, _) = tokio_tungstenite::connect_async(format!(
-            "ws://{addr}{path}?EIO=4&transport=websocket"
-        ))
-        .await
-        .unwrap();
+        Sio::open_with(addr, path, &[]).await
+    }
+
+    /// Opens a session whose handshake carries extra headers (cookies, `Authorization`).
+    pub async fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (Sio, Value) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}{path}?EIO=4&transport=websocket")
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let mut c = Sio {
             ws,
             sid: String::new(),
@@ -46,7 +57,17 @@ impl Sio {
     /// and the server's answer to CONNECT without the leading `4`
     /// (`0{"sid":...}` or `4{error}`).
     pub async fn connect(addr: SocketAddr, nsp: &str, auth: Value) -> (Sio, String) {
-        let (mut c, _) = Sio::open(addr, "/socket.io/").await;
+        Sio::connect_with(addr, nsp, auth, &[]).await
+    }
+
+    /// [`connect`](Sio::connect) with extra handshake headers.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        nsp: &str,
+        auth: Value,
+        headers: &[(&str, &str)],
+    ) -> (Sio, String) {
+        let (mut c, _) = Sio::open_with(addr, "/socket.io/", headers).await;
         let prefix = if nsp == "/" {
             String::new()
         } else {

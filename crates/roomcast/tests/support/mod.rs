@@ -2,6 +2,8 @@
 //! HTTP API client and a raw socket for frames a well-behaved client never sends.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -118,6 +120,24 @@ impl TestServer {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// The value of one sample of `/metrics`, e.g.
+    /// `roomcast_auth_failures_total{reason="expired"}`; 0 when it is absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, m) = self.get_text("/metrics").await;
+        m.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// A native client connecting with extra handshake headers.
+    pub async fn client_with(&self, path: &str, headers: &[(&str, &str)]) -> Client {
+        match Client::try_connect(self.addr, path, headers).await {
+            Ok(c) => c,
+            Err((status, body)) => panic!("upgrade refused: {status} {body}"),
+        }
+    }
+
     /// Triggers graceful shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -161,6 +181,39 @@ impl Client {
             next_id: 1,
             pending: Default::default(),
             conn: String::new(),
+        }
+    }
+
+    /// Upgrades with extra headers; a refused upgrade gives its status and JSON body.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(Client {
+                ws,
+                next_id: 1,
+                pending: Default::default(),
+                conn: String::new(),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("websocket handshake failed: {e}"),
         }
     }
 
@@ -283,6 +336,29 @@ impl Client {
         // Read until the server's close arrives.
         while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, self.ws.next()).await {}
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token for `claims`, signed with `secret`.
+pub fn hs256(secret: &str, claims: &Value) -> String {
+    sign(jsonwebtoken::Algorithm::HS256, secret.as_bytes(), claims)
+}
+
+/// A token signed with an HMAC algorithm and the raw `key` bytes.
+pub fn sign(alg: jsonwebtoken::Algorithm, key: &[u8], claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
 }
 
 /// A WebSocket client over a bare TCP socket: it never answers pings and can
