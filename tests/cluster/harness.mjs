@@ -154,21 +154,42 @@ export async function startRedis() {
  * once its Redis subscriber (with the emitter channels) is connected.
  */
 export async function startRoomcast(redisUrl, { config } = {}) {
+  const args = ['--broker', redisUrl, '--emitters', 'python-socketio,socket.io'];
+  const proc = await startServe(args, { config, env: { ROOMCAST_SOCKETIO_BUILTIN_EVENTS: 'true' } });
+  try {
+    const deadline = Date.now() + START;
+    while (!/^roomcast_redis_connected 1$/m.test(await metricsText(proc.url))) {
+      if (Date.now() > deadline) throw new Error(`roomcast at ${proc.url} did not connect to Redis within ${START} ms`);
+      await new Promise((r) => setTimeout(r, 20)); // poll interval, bounded by the deadline
+    }
+    return proc;
+  } catch (e) {
+    await stopProcess(proc);
+    throw new Error(`${e.message}\n--- roomcast output ---\n${proc.output.join('\n')}`);
+  }
+}
+
+/**
+ * Starts `$ROOMCAST_BIN serve --listen 127.0.0.1:0` with more `args`, a TOML
+ * `config` (written to a temporary file) and `env`; resolves with the process
+ * and its base URL (`proc.url`) once it prints its listening line.
+ */
+export async function startServe(args = [], { config, env = {} } = {}) {
   const bin = process.env.ROOMCAST_BIN;
   if (!bin) {
     throw new Error(
       'ROOMCAST_BIN is not set: build with `cargo build -p roomcast-cli` and run\n' +
-        '  ROOMCAST_BIN=$PWD/target/debug/roomcast node --test tests/cluster/',
+        '  ROOMCAST_BIN=$PWD/target/debug/roomcast node --test tests/',
     );
   }
-  const args = ['serve', '--listen', '127.0.0.1:0', '--broker', redisUrl, '--emitters', 'python-socketio,socket.io'];
+  const all = ['serve', '--listen', '127.0.0.1:0', ...args];
   let dir;
   if (config) {
-    dir = mkdtempSync(pathJoin(tmpdir(), 'roomcast-cluster-'));
+    dir = mkdtempSync(pathJoin(tmpdir(), 'roomcast-test-'));
     writeFileSync(pathJoin(dir, 'roomcast.toml'), config);
-    args.push('--config', pathJoin(dir, 'roomcast.toml'));
+    all.push('--config', pathJoin(dir, 'roomcast.toml'));
   }
-  const proc = launch(bin, args, { ROOMCAST_SOCKETIO_BUILTIN_EVENTS: 'true', RUST_LOG: 'info' });
+  const proc = launch(bin, all, { RUST_LOG: 'info', ...env });
   proc.name = 'roomcast';
   proc.dir = dir;
   try {
@@ -183,11 +204,6 @@ export async function startRoomcast(redisUrl, { config } = {}) {
       );
     });
     proc.url = await within(START, 'roomcast to print its listening line', listening);
-    const deadline = Date.now() + START;
-    while (!/^roomcast_redis_connected 1$/m.test(await metricsText(proc.url))) {
-      if (Date.now() > deadline) throw new Error(`roomcast at ${proc.url} did not connect to Redis within ${START} ms`);
-      await new Promise((r) => setTimeout(r, 20)); // poll interval, bounded by the deadline
-    }
     return proc;
   } catch (e) {
     await stopProcess(proc);
