@@ -132,6 +132,27 @@ impl Server {
 
     /// Like [`with_hub`](Server::with_hub), returning configuration errors.
     pub fn try_with_hub(config: Config, hub: Hub) -> Result<Server, StartError> {
+        Server::build(config, hub, None)
+    }
+
+    /// A server around `hub` whose connections are authenticated by `auth`
+    /// instead of the [`StandardAuthenticator`] of `config.auth`. Room rules,
+    /// limits and the backend proxies of `config` still apply; `auth.mode`
+    /// only decides what credentials reach `auth` (in `proxy` mode also an
+    /// auth payload, or the handshake alone).
+    pub fn with_authenticator(
+        config: Config,
+        hub: Hub,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Server, StartError> {
+        Server::build(config, hub, Some(auth))
+    }
+
+    fn build(
+        config: Config,
+        hub: Hub,
+        auth: Option<Arc<dyn Authenticator>>,
+    ) -> Result<Server, StartError> {
         let p = &config.proxy;
         let backend = [&p.connect_url, &p.subscribe_url, &p.rpc_url, &p.webhook_url]
             .iter()
@@ -140,8 +161,10 @@ impl Server {
             .or_else(|| {
                 (!p.rpc_routes.is_empty()).then(|| Backend::new(p, hub.node().to_string()))
             });
-        let auth: Arc<dyn Authenticator> =
-            Arc::new(StandardAuthenticator::new(&config.auth, backend.clone())?);
+        let auth: Arc<dyn Authenticator> = match auth {
+            Some(a) => a,
+            None => Arc::new(StandardAuthenticator::new(&config.auth, backend.clone())?),
+        };
         let metrics = Arc::new(ServerMetrics::default());
         let access = Arc::new(Access::new(&config, backend.clone(), metrics.clone()));
         let socketio = config

@@ -15,6 +15,7 @@ use support::*;
 mod sio;
 
 use roomcast::config::{Anonymous, AuthMode};
+use roomcast::roomcast_core;
 
 const SECRET: &str = "test-secret-never-used-elsewhere";
 
@@ -664,5 +665,55 @@ async fn with_anonymous_allowed_the_proxy_also_takes_an_auth_payload_and_tokens(
     t.welcome().await;
     let call = backend.next("connect").await;
     assert_eq!(call.body["token"], "opaque-ticket");
+    srv.stop().await;
+}
+
+/// An application's own authenticator: tickets `ticket:<user>`.
+struct Tickets;
+
+impl roomcast::auth::Authenticator for Tickets {
+    fn authenticate<'a>(
+        &'a self,
+        credentials: roomcast::auth::Credentials,
+        handshake: &'a roomcast::auth::Handshake,
+    ) -> roomcast_core::BoxFuture<'a, Result<roomcast::auth::Identity, roomcast::auth::AuthFailure>>
+    {
+        use roomcast::auth::{AuthFailure, Credentials, Identity};
+        Box::pin(async move {
+            let Credentials::Token(t) = credentials else {
+                return Err(AuthFailure::Refused("tickets only".into()));
+            };
+            let user = t
+                .strip_prefix("ticket:")
+                .ok_or_else(|| AuthFailure::Refused("unknown ticket".into()))?;
+            Ok(Identity {
+                user: Some(user.to_owned()),
+                rooms: vec![format!("vip:{}", handshake.transport)],
+                ..Identity::default()
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_embedding_application_may_bring_its_own_authenticator() {
+    let mut cfg = config();
+    cfg.auth.mode = AuthMode::Token;
+    let hub = roomcast_core::Hub::new(cfg.hub_config());
+    let server =
+        roomcast::Server::with_authenticator(cfg, hub, std::sync::Arc::new(Tickets)).unwrap();
+    let srv = start_server(server).await;
+    assert_eq!(welcome_for(&srv, "ticket:zoe").await["user"], "zoe");
+    let (code, why) = close_for(&srv, "bogus").await;
+    assert_eq!((code, why.as_str()), (Some(4502), "unknown ticket"));
+    let (_s, answer) = sio::Sio::connect(srv.addr, "/", json!({"token": "ticket:yan"})).await;
+    assert!(answer.starts_with("0{"), "{answer}");
+    let (_, p) = srv.get("/api/presence/vip:socketio").await;
+    assert_eq!(p["users"], json!([{"user": "yan", "connections": 1}]));
+    // Room rules and limits of the configuration still apply: anonymous clients wait for auth.
+    let mut c = srv.client().await;
+    c.welcome().await;
+    let e = c.request(json!({"type": "join", "room": "x"})).await;
+    assert_eq!(e["code"], "unauthenticated");
     srv.stop().await;
 }
