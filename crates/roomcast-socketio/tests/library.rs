@@ -288,3 +288,95 @@ async fn protocol_violations_close_with_a_close_frame_and_code() {
     c.send("1").await;
     assert_eq!(c.closed().await, 1000);
 }
+
+/// Long-polls `sid` until the session ends (a CLOSE packet, or 400 for an
+/// unknown session); returns every packet received before that.
+async fn poll_until_closed(http: &reqwest::Client, url: &str) -> Vec<String> {
+    let mut packets = Vec::new();
+    loop {
+        let r = tokio::time::timeout(STEP, http.get(url).send())
+            .await
+            .expect("a poll answered in time")
+            .unwrap();
+        if r.status() == 400 {
+            return packets;
+        }
+        let body = r.text().await.unwrap();
+        for p in body.split('\x1e') {
+            if p == "1" {
+                return packets;
+            }
+            packets.push(p.to_owned());
+        }
+    }
+}
+
+async fn polling_session(http: &reqwest::Client, addr: std::net::SocketAddr) -> String {
+    let base = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    format!("{base}&sid={sid}")
+}
+
+#[tokio::test]
+async fn a_session_may_not_retry_refused_connects_without_end() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let io = io();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    io.ns("/", move |_, _| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            Err(ConnectRefusal {
+                message: "no".into(),
+                data: None,
+            })
+        }
+    });
+    let addr = serve(&io).await;
+    let http = reqwest::Client::new();
+    let url = polling_session(&http, addr).await;
+    let body = vec!["40"; 50].join("\x1e");
+    let r = http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    // The session ends (its queued refusals go with it)...
+    let packets = poll_until_closed(&http, &url).await;
+    assert!(packets.iter().all(|p| p.starts_with("44")), "{packets:?}");
+    // ...after the handler was asked as often as the cap allows, not 50 times.
+    let max = roomcast_socketio::socketio::MAX_REFUSED_CONNECTS as usize;
+    assert_eq!(attempts.load(Ordering::SeqCst), max);
+    // Over WebSocket: the same bound, then a close with a protocol error.
+    let (mut c, _) = Sio::open(addr, "/socket.io/").await;
+    for _ in 0..=max {
+        c.send("40").await;
+    }
+    assert_eq!(c.closed().await, 1002);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2 * max);
+}
+
+#[tokio::test]
+async fn a_flood_of_packets_closes_the_session_instead_of_queueing_without_bound() {
+    let io = io();
+    io.ns("/", |_, _| async { Ok(()) });
+    let addr = serve(&io).await;
+    let http = reqwest::Client::new();
+    let url = polling_session(&http, addr).await;
+    // 200 000 tiny packets in one payload (600 kB, under maxPayload): far more
+    // waiting packets than four payloads' worth.
+    let body = vec!["40"; 200_000].join("\x1e");
+    let r = http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let packets = poll_until_closed(&http, &url).await;
+    assert!(packets.len() <= 1, "{packets:?}");
+    // A client sending a payload of ordinary size is fine.
+    let url = polling_session(&http, addr).await;
+    let mut body = vec!["40".to_owned()];
+    body.extend((0..2_000).map(|i| format!(r#"42["e",{i}]"#)));
+    let r = http.post(&url).body(body.join("\x1e")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    let r = http.get(&url).send().await.unwrap();
+    assert!(r.text().await.unwrap().starts_with("40{\"sid\""));
+}

@@ -8,7 +8,7 @@
 pub mod packet;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -227,9 +227,32 @@ impl std::fmt::Debug for SocketIo {
 /// Per Engine.IO session: its sockets, the queue its driver task reads, and a
 /// binary packet waiting for its attachments.
 struct SessionState {
-    tx: mpsc::UnboundedSender<Incoming>,
+    tx: mpsc::UnboundedSender<(Incoming, usize)>,
+    /// The weight of the packets waiting in `tx` (see [`weight`]); bounded by
+    /// [`SessionState::max_queued`].
+    queued: AtomicUsize,
+    max_queued: usize,
+    /// CONNECTs refused on this session so far.
+    refused: AtomicU32,
     sockets: Mutex<HashMap<String, Socket>>,
 }
+
+/// What a waiting packet costs: its bytes plus the bookkeeping of one queue
+/// entry, so that a flood of tiny packets counts as much as it weighs.
+fn weight(message: &Incoming) -> usize {
+    let len = match message {
+        Incoming::Text(t) => t.len(),
+        Incoming::Binary(b) => b.len(),
+    };
+    len + 64
+}
+
+/// Packets may wait for the session's task up to this many times the
+/// Engine.IO max payload (weighed with [`weight`]); more close the session.
+const QUEUED_PAYLOADS: usize = 4;
+
+/// Refused CONNECTs a session may make; the next one closes it.
+pub const MAX_REFUSED_CONNECTS: u32 = 5;
 
 impl SocketIo {
     /// A Socket.IO server delivering through `hub`. Register namespaces with
@@ -395,6 +418,9 @@ impl EngineHandler for Handler {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(SessionState {
             tx,
+            queued: AtomicUsize::new(0),
+            max_queued: QUEUED_PAYLOADS * inner.config.engine.max_payload.max(1),
+            refused: AtomicU32::new(0),
             sockets: Mutex::new(HashMap::new()),
         });
         let _ = session.ext.set(state.clone());
@@ -402,9 +428,23 @@ impl EngineHandler for Handler {
     }
 
     fn on_message(&self, session: &Arc<Session>, message: Incoming) {
-        if let Some(state) = state_of(session) {
-            let _ = state.tx.send(message);
+        let Some(state) = state_of(session) else {
+            return;
+        };
+        if session.is_closed() {
+            return;
         }
+        let w = weight(&message);
+        if state.queued.fetch_add(w, Ordering::AcqRel) + w > state.max_queued {
+            // The client sends faster than its packets are handled: refuse to
+            // buffer without bound.
+            if let Some(inner) = self.0.upgrade() {
+                tracing::info!(sid = %session.sid, "closing a Socket.IO session: too many packets waiting");
+                close_session(&inner, session, "too many packets waiting");
+            }
+            return;
+        }
+        let _ = state.tx.send((message, w));
     }
 
     fn farewell(&self, session: &Arc<Session>) -> Vec<Frame> {
@@ -447,7 +487,7 @@ async fn drive(
     inner: Arc<Inner>,
     session: Arc<Session>,
     state: Arc<SessionState>,
-    mut rx: mpsc::UnboundedReceiver<Incoming>,
+    mut rx: mpsc::UnboundedReceiver<(Incoming, usize)>,
 ) {
     let deadline = tokio::time::Instant::now() + inner.config.connect_timeout;
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
@@ -471,7 +511,8 @@ async fn drive(
                 continue;
             }
         };
-        let Some(msg) = msg else { return };
+        let Some((msg, w)) = msg else { return };
+        state.queued.fetch_sub(w, Ordering::AcqRel);
         if session.is_closed() {
             return;
         }
@@ -544,6 +585,11 @@ async fn dispatch(
     match p.kind {
         Kind::Connect => {
             if existing.is_some() {
+                return;
+            }
+            if state.refused.load(Ordering::Acquire) >= MAX_REFUSED_CONNECTS {
+                tracing::info!(sid = %session.sid, "closing a Socket.IO session: too many refused CONNECTs");
+                close_session(inner, session, "too many refused CONNECTs");
                 return;
             }
             connect(
@@ -676,6 +722,7 @@ async fn connect(
             }
         }
         Err(refusal) => {
+            state.refused.fetch_add(1, Ordering::AcqRel);
             let mut data = serde_json::json!({"message": refusal.message});
             if let Some(d) = refusal.data {
                 data["data"] = d;
