@@ -375,7 +375,12 @@ async fn a_flood_of_packets_closes_the_session_instead_of_queueing_without_bound
     let url = polling_session(&http, addr).await;
     let mut body = vec!["40".to_owned()];
     body.extend((0..2_000).map(|i| format!(r#"42["e",{i}]"#)));
-    let r = http.post(&url).body(body.join("\x1e")).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .body(body.join("\x1e"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "ok");
     let r = http.get(&url).send().await.unwrap();
     assert!(r.text().await.unwrap().starts_with("40{\"sid\""));

@@ -307,6 +307,9 @@ impl Backend {
     /// A client for `config`; `node` names this node in webhooks.
     pub fn new(config: &ProxyConfig, node: String) -> Arc<Backend> {
         let http = reqwest::Client::builder()
+            // A redirect would carry the secret (and the request) to wherever
+            // the answer points: the configured URLs are the only ones called.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms))
             .build()

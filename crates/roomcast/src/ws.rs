@@ -299,7 +299,11 @@ impl Task {
             .then(|| Instant::now() + Duration::from_millis(s.config.auth.timeout_ms));
         loop {
             let awaiting_auth = auth_deadline.filter(|_| self.conn.user().is_none());
-            let expiry = self.state.expires_in().map(|d| Instant::now() + d);
+            // An expiry too far away to represent never comes.
+            let expiry = self
+                .state
+                .expires_in()
+                .and_then(|d| Instant::now().checked_add(d));
             tokio::select! {
                 biased;
                 closing = self.conn.outbox().next_batch(&mut self.batch) => {

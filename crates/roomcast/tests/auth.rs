@@ -717,3 +717,45 @@ async fn an_embedding_application_may_bring_its_own_authenticator() {
     assert_eq!(e["code"], "unauthenticated");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_expiry_too_far_away_to_represent_is_never_reached() {
+    let srv = start(token_config()).await;
+    let never = hs256(SECRET, &json!({"sub": "alice", "exp": u64::MAX}));
+    let mut c = Client::connect(srv.addr, &format!("/ws?token={never}")).await;
+    assert_eq!(c.welcome().await["expires_at"], json!(u64::MAX));
+    c.join("r").await;
+    let t = hs256(SECRET, &json!({"sub": "bob", "exp": now() + 60}));
+    let mut d = Client::connect(srv.addr, &format!("/ws?token={t}")).await;
+    d.welcome().await;
+    let ack = d
+        .request(json!({"type": "refresh", "token": hs256(SECRET, &json!({"sub": "bob", "exp": u64::MAX}))}))
+        .await;
+    assert_eq!(ack["expires_at"], json!(u64::MAX), "{ack}");
+    d.join("r").await;
+    let (_, p) = srv.get("/api/presence/r").await;
+    assert_eq!(p["connections"], 2);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn backend_redirects_are_not_followed() {
+    let elsewhere =
+        Backend::start(|_: &support::backend::Call| Answer::ok(json!({"user": "redirected"})))
+            .await;
+    for status in [301, 302, 303, 307, 308] {
+        let to = elsewhere.url("connect");
+        let backend =
+            Backend::start(move |_: &support::backend::Call| Answer::Redirect(status, to.clone()))
+                .await;
+        let srv = start(proxy_config(&backend)).await;
+        let c = srv
+            .client_with("/ws", &[("cookie", "sessionid=alice")])
+            .await;
+        assert_eq!(c.closed().await.code, Some(4004), "HTTP {status}");
+        assert_eq!(backend.count("connect"), 1);
+        srv.stop().await;
+    }
+    // The secret and the client's cookies never reached the other host.
+    assert_eq!(elsewhere.count("connect"), 0);
+}

@@ -39,6 +39,8 @@ pub enum Answer {
     Json(u16, Value),
     /// A status and a body that is not JSON.
     Text(u16, &'static str),
+    /// A redirect to `Location`.
+    Redirect(u16, String),
     /// Never answers (roomcast's `proxy.timeout_ms` must end the call).
     Hang,
     /// Answers once the test opens the gate ([`Backend::release`]).
@@ -98,6 +100,12 @@ async fn respond(answer: Answer, gate: &Semaphore) -> Response {
             )
                 .into_response(),
             Answer::Text(status, t) => (StatusCode::from_u16(status).unwrap(), t).into_response(),
+            Answer::Redirect(status, to) => (
+                StatusCode::from_u16(status).unwrap(),
+                [("location", to)],
+                "",
+            )
+                .into_response(),
             Answer::Hang => std::future::pending().await,
             Answer::Gated(inner) => {
                 gate.acquire().await.unwrap().forget();
