@@ -342,7 +342,7 @@ impl Access {
                 backend
                     .subscribe(&caller, &conn.session(), room)
                     .await
-                    .map_err(|e| self.denied("join", Denied::new(&e.code(), e)))
+                    .map_err(|e| self.denied("join", Denied::new(&e.code(), e.client_message())))
             }
         }
     }

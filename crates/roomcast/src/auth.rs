@@ -71,8 +71,9 @@ pub enum AuthFailure {
     /// The token has expired.
     #[error("token expired")]
     Expired,
-    /// The backend failed or did not answer in time.
-    #[error("authentication backend unavailable: {0}")]
+    /// The backend failed or did not answer in time. The detail is for the
+    /// log; clients see only "authentication backend unavailable".
+    #[error("authentication backend unavailable")]
     Unavailable(String),
 }
 

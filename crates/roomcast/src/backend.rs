@@ -136,6 +136,17 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The message a client sees: the backend's own for a refusal; no more
+    /// than "backend error" otherwise, since the details (URLs, status lines,
+    /// the backend's 5xx text) are for roomcast's log, not for clients.
+    pub fn client_message(&self) -> String {
+        match self {
+            CallError::Timeout => "backend timeout".to_owned(),
+            CallError::Failed(_) => "backend error".to_owned(),
+            CallError::Refused { message, .. } => message.clone(),
+        }
+    }
+
     /// The error code a client sees.
     pub fn code(&self) -> String {
         match self {
@@ -601,7 +612,10 @@ impl Backend {
                             result: b.result,
                             actions: b.actions,
                         })
-                        .map_err(|e| CallError::Failed(format!("RPC answer not understood: {e}")))
+                        .map_err(|e| {
+                            tracing::warn!(%event, error = %e, "RPC answer not understood");
+                            CallError::Failed(format!("RPC answer not understood: {e}"))
+                        })
                 }),
         )
     }

@@ -268,7 +268,7 @@ impl Rules {
             .await
         {
             None => error_ack("no_handler", format!("no backend route takes `{event}`")),
-            Some(Err(e)) => error_ack(&e.code(), e),
+            Some(Err(e)) => error_ack(&e.code(), e.client_message()),
             Some(Ok(answer)) => match self.access.apply(conn, answer.actions).await {
                 Ok(()) => Payload::json(&answer.result),
                 Err(d) => denied(d),

@@ -539,7 +539,7 @@ impl Task {
                     .ok_or_else(|| {
                         Refusal::new("no_handler", format!("no backend route takes `{event}`"))
                     })?
-                    .map_err(|e| Refusal::from(Denied::new(&e.code(), e)))?;
+                    .map_err(|e| Refusal::from(Denied::new(&e.code(), e.client_message())))?;
                 access.apply(conn, answer.actions).await?;
                 json!({ "result": answer.result })
             }

@@ -150,7 +150,7 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
             "refused by the backend (HTTP 403)",
         ),
         ("approved:slow", "backend_timeout", "backend timeout"),
-        ("approved:crash", "backend_error", "backend error: HTTP 500"),
+        ("approved:crash", "backend_error", "backend error"),
     ] {
         let e = alice.request(json!({"type": "join", "room": room})).await;
         assert_eq!(
@@ -339,6 +339,10 @@ fn events(c: &Call) -> Answer {
         "slow" => Answer::Hang,
         "garbage" => Answer::Text(200, "<html>"),
         "explode" => Answer::ok(json!({"actions": [{"type": "explode"}]})),
+        "leak" => Answer::Json(
+            500,
+            json!({"error": {"code": "db", "message": "password=hunter2 at /srv/app/views.py"}}),
+        ),
         "kick" => {
             Answer::ok(json!({"actions": [{"type": "disconnect", "code": 4600, "reason": "bye"}]}))
         }
@@ -422,13 +426,13 @@ async fn native_rpc_goes_to_the_backend_whose_answer_is_the_ack_and_its_actions_
 
     for (event, want, message) in [
         ("fail", "invalid", "text too long"),
-        ("crash", "backend_error", "backend error: HTTP 500"),
+        ("crash", "backend_error", "backend error"),
         ("slow", "backend_timeout", "backend timeout"),
-        (
-            "garbage",
-            "backend_error",
-            "backend error: the answer is not a JSON object",
-        ),
+        ("garbage", "backend_error", "backend error"),
+        // What the backend's 5xx says, or what was wrong with its answer, is
+        // for roomcast's log: it may name internals.
+        ("leak", "backend_error", "backend error"),
+        ("explode", "backend_error", "backend error"),
     ] {
         let e = alice.request(rpc(event, json!({}))).await;
         assert_eq!(
@@ -437,9 +441,6 @@ async fn native_rpc_goes_to_the_backend_whose_answer_is_the_ack_and_its_actions_
             "{event}"
         );
     }
-    let e = alice.request(rpc("explode", json!({}))).await;
-    assert_eq!(code(&e), "backend_error", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("explode"), "{e}");
     // An RPC that reached the backend is never retried (it may not be idempotent).
     let crashes = backend
         .log
