@@ -347,6 +347,39 @@ impl Access {
         }
     }
 
+    /// Whether the connection may ask who is in `room`: when it is a member, or
+    /// when the room's rule would let it join by itself without asking the
+    /// backend (`anyone`, `authenticated`, a granted `claim`). Whether the room
+    /// shows presence at all (`presence = false`) is the hub's check.
+    pub(crate) fn may_see_presence(
+        &self,
+        conn: &Connection,
+        state: &ClientState,
+        room: &str,
+    ) -> Result<(), Denied> {
+        self.acting(conn).map_err(|d| self.denied("presence", d))?;
+        if conn.rooms().iter().any(|r| r == room) {
+            return Ok(());
+        }
+        let user = conn.user();
+        let open = match self.rules.for_room_as(room, user.as_deref()).join {
+            JoinRule::Anyone => true,
+            JoinRule::Authenticated => user.is_some(),
+            JoinRule::Claim => state.granted().contains(room),
+            JoinRule::Proxy | JoinRule::None => false,
+        };
+        if open {
+            return Ok(());
+        }
+        Err(self.denied(
+            "presence",
+            Denied::new(
+                "forbidden",
+                format!("may not see who is in `{room}`: join it first"),
+            ),
+        ))
+    }
+
     /// Whether the connection may publish to `room` from the client side.
     pub(crate) fn may_publish(&self, conn: &Connection, room: &str) -> Result<(), Denied> {
         self.acting(conn).map_err(|d| self.denied("publish", d))?;

@@ -52,7 +52,7 @@ impl ServerMetrics {
             .or_default() += 1;
     }
 
-    /// Counts a refused client action (`join`, `publish`, `send`, `broadcast`, `connect`).
+    /// Counts a refused client action (`join`, `publish`, `presence`, `send`, `broadcast`, `connect`).
     pub fn denied(&self, action: &str) {
         self.bump("roomcast_permission_denied_total", action);
     }

@@ -372,7 +372,7 @@ impl Rules {
                 }
             }
             "presence" => {
-                if let Err(d) = access.may_act(conn) {
+                if let Err(d) = access.may_see_presence(conn, state, &room) {
                     return denied(d);
                 }
                 match self.hub.room_presence(&room).await {

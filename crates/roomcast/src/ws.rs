@@ -582,7 +582,9 @@ impl Task {
                 json!({ "delivered": n })
             }
             ClientCommand::Presence { room } => {
-                access.may_act(conn)?;
+                roomcast_core::room::validate_room_name(&room, s.hub.config().max_room_name_bytes)
+                    .map_err(|e| Refusal::new("invalid_room", e))?;
+                access.may_see_presence(conn, state, &room)?;
                 let p = s.hub.room_presence(&room).await?;
                 json!({ "room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous })
             }

@@ -175,6 +175,22 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
         let (_, p) = srv.get(&format!("/api/presence/{room}")).await;
         assert_eq!(p["connections"], 0, "{room}: {p}");
     }
+    // Who is in a room is for its members, and for those who may join it by themselves.
+    let presence = |room: &str| json!({"type": "presence", "room": room});
+    for room in ["user:alice", "granted:a", "members:1", "approved:yes", "server:1"] {
+        let e = anon.request(presence(room)).await;
+        assert_eq!(code(&e), "forbidden", "{room}: {e}");
+    }
+    assert_eq!(anon.request(presence("public:2")).await["connections"], 0);
+    for room in ["user:alice", "approved:yes", "members:2"] {
+        let p = alice.request(presence(room)).await;
+        assert_eq!(p["type"], "ack", "{room}: {p}");
+    }
+    let e = alice.request(presence("approved:no")).await;
+    assert_eq!(code(&e), "forbidden");
+    let e = alice.request(presence("user:bob")).await;
+    assert_eq!(code(&e), "forbidden");
+
     // The server side is not bound by client rules.
     let (_, r) = srv
         .post("/api/join", json!({"conn": alice.conn, "room": "server:1"}))
@@ -192,6 +208,9 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
         reply(&mut s).await,
         r#"32[{"joined":true,"room":"user:bob"}]"#
     );
+    s.send(r#"423["roomcast:presence",{"room":"user:alice"}]"#).await;
+    let a = reply(&mut s).await;
+    assert!(a.starts_with(r#"33[{"error":{"code":"forbidden""#), "{a}");
     assert_eq!(
         srv.metric(r#"roomcast_permission_denied_total{action="join"}"#)
             .await,
