@@ -50,6 +50,9 @@ pub(crate) struct ClientState {
     /// Handshake headers forwarded to the backend on each call.
     pub forwarded: HeaderMap,
     granted: Mutex<HashSet<String>>,
+    /// Session keys the server side set (connect answer, backend actions):
+    /// the client's own `session` command may not change them.
+    server_keys: Mutex<HashSet<String>>,
     /// Seconds since the epoch; 0 when the credentials do not expire.
     expires_at: AtomicU64,
     bucket: Mutex<Bucket>,
@@ -97,6 +100,7 @@ impl ClientState {
                 .map(|b| b.forwarded(headers))
                 .unwrap_or_default(),
             granted: Mutex::new(HashSet::new()),
+            server_keys: Mutex::new(HashSet::new()),
             expires_at: AtomicU64::new(0),
             bucket: Mutex::new(Bucket {
                 tokens: access.burst as f64,
@@ -110,6 +114,20 @@ impl ClientState {
 
     fn granted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.granted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn server_keys(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.server_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Session data set by the server side: its keys become the server's.
+    fn merge_server_session(
+        &self,
+        conn: &Connection,
+        data: serde_json::Map<String, Value>,
+    ) -> Result<(), roomcast_core::error::SessionError> {
+        self.server_keys().extend(data.keys().cloned());
+        conn.merge_session(data)
     }
 
     /// When the credentials expire (seconds since the epoch).
@@ -253,7 +271,8 @@ impl Access {
             ));
         }
         if !identity.session.is_empty() {
-            conn.merge_session(identity.session)
+            state
+                .merge_server_session(conn, identity.session)
                 .map_err(|e| Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string()))?;
         }
         state
@@ -434,7 +453,29 @@ impl Access {
         Ok(())
     }
 
-    /// Whether a connection may do things that need no rule (presence, session).
+    /// Whether the client may merge `data` into its session data: not over a
+    /// key the server side set.
+    pub(crate) fn may_set_session(
+        &self,
+        conn: &Connection,
+        state: &ClientState,
+        data: &serde_json::Map<String, Value>,
+    ) -> Result<(), Denied> {
+        self.acting(conn).map_err(|d| self.denied("session", d))?;
+        let owned = state.server_keys();
+        if let Some(k) = data.keys().find(|k| owned.contains(*k)) {
+            return Err(self.denied(
+                "session",
+                Denied::new(
+                    "forbidden",
+                    format!("session key `{k}` is set by the server"),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a connection may do things that need no rule.
     pub(crate) fn may_act(&self, conn: &Connection) -> Result<(), Denied> {
         self.acting(conn)
     }
@@ -456,6 +497,7 @@ impl Access {
     pub(crate) async fn apply(
         &self,
         conn: &Connection,
+        state: &ClientState,
         actions: Vec<crate::backend::Action>,
     ) -> Result<(), Denied> {
         use crate::backend::Action;
@@ -511,7 +553,9 @@ impl Access {
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                Action::Session { data } => conn.merge_session(data).map_err(|e| e.to_string()),
+                Action::Session { data } => state
+                    .merge_server_session(conn, data)
+                    .map_err(|e| e.to_string()),
                 Action::Disconnect { code, reason } => {
                     let code = code.filter(|c| (4000..5000).contains(c)).unwrap_or(4500);
                     let d = Disconnect::custom(

@@ -269,7 +269,7 @@ impl Rules {
         {
             None => error_ack("no_handler", format!("no backend route takes `{event}`")),
             Some(Err(e)) => error_ack(&e.code(), e.client_message()),
-            Some(Ok(answer)) => match self.access.apply(conn, answer.actions).await {
+            Some(Ok(answer)) => match self.access.apply(conn, state, answer.actions).await {
                 Ok(()) => Payload::json(&answer.result),
                 Err(d) => denied(d),
             },

@@ -540,7 +540,7 @@ impl Task {
                         Refusal::new("no_handler", format!("no backend route takes `{event}`"))
                     })?
                     .map_err(|e| Refusal::from(Denied::new(&e.code(), e.client_message())))?;
-                access.apply(conn, answer.actions).await?;
+                access.apply(conn, state, answer.actions).await?;
                 json!({ "result": answer.result })
             }
             ClientCommand::Join { room } => {
@@ -589,7 +589,7 @@ impl Task {
                 json!({ "room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous })
             }
             ClientCommand::Session { data } => {
-                access.may_act(conn)?;
+                access.may_set_session(conn, state, &data)?;
                 conn.merge_session(data)
                     .map_err(|e| Refusal::new("session_too_large", e))?;
                 json!({ "session": conn.session() })

@@ -512,6 +512,29 @@ async fn the_connect_proxy_decides_who_a_native_connection_is() {
         .get(&format!("/api/connections/{}", w["conn"].as_str().unwrap()))
         .await;
     assert_eq!(info["session"], json!({"plan": "pro"}), "{info}");
+    // The backend's session keys are its own; the client may add others.
+    let e = alice
+        .request(json!({"type": "session", "data": {"plan": "enterprise"}}))
+        .await;
+    assert_eq!(
+        (&e["code"], &e["message"]),
+        (
+            &json!("forbidden"),
+            &json!("session key `plan` is set by the server")
+        )
+    );
+    let e = alice
+        .request(json!({"type": "session", "data": {"theme": "dark", "plan": null}}))
+        .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let ack = alice
+        .request(json!({"type": "session", "data": {"theme": "dark"}}))
+        .await;
+    assert_eq!(
+        ack["session"],
+        json!({"plan": "pro", "theme": "dark"}),
+        "{ack}"
+    );
     let mut seven = srv
         .client_with("/ws", &[("cookie", "sessionid=numeric")])
         .await;

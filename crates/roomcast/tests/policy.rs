@@ -177,7 +177,13 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
     }
     // Who is in a room is for its members, and for those who may join it by themselves.
     let presence = |room: &str| json!({"type": "presence", "room": room});
-    for room in ["user:alice", "granted:a", "members:1", "approved:yes", "server:1"] {
+    for room in [
+        "user:alice",
+        "granted:a",
+        "members:1",
+        "approved:yes",
+        "server:1",
+    ] {
         let e = anon.request(presence(room)).await;
         assert_eq!(code(&e), "forbidden", "{room}: {e}");
     }
@@ -208,7 +214,8 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
         reply(&mut s).await,
         r#"32[{"joined":true,"room":"user:bob"}]"#
     );
-    s.send(r#"423["roomcast:presence",{"room":"user:alice"}]"#).await;
+    s.send(r#"423["roomcast:presence",{"room":"user:alice"}]"#)
+        .await;
     let a = reply(&mut s).await;
     assert!(a.starts_with(r#"33[{"error":{"code":"forbidden""#), "{a}");
     assert_eq!(
@@ -427,6 +434,10 @@ async fn native_rpc_goes_to_the_backend_whose_answer_is_the_ack_and_its_actions_
     );
     let (_, info) = srv.get(&format!("/api/connections/{}", alice.conn)).await;
     assert_eq!(info["session"], json!({"last": "chat.send"}), "{info}");
+    let e = alice
+        .request(json!({"type": "session", "data": {"last": "forged"}}))
+        .await;
+    assert_eq!(code(&e), "forbidden", "{e}");
     assert_eq!(info["rooms"], json!(["lobby", "staff:1"]), "{info}");
 
     assert_eq!(
