@@ -144,6 +144,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "roomcast listening on http://{addr} (chat page at /, WebSocket at /ws, API at /api/)"
     );
     tracing::info!(%addr, node = %server.hub().node(), "listening");
+    for w in server.config().warnings() {
+        tracing::warn!("{w}");
+    }
     let router = server.router();
     server.run(listener, router, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -348,10 +348,20 @@ impl Backend {
     }
 
     /// The handshake headers that `proxy.forward_headers` names.
+    /// Several `Cookie` headers (HTTP/2 splits them) become one, as HTTP/1.1
+    /// servers expect.
     pub fn forwarded(&self, headers: &HeaderMap) -> HeaderMap {
         let mut out = HeaderMap::new();
         for name in &self.forward {
-            for v in headers.get_all(name) {
+            let values = headers.get_all(name);
+            if name == axum::http::header::COOKIE && values.iter().count() > 1 {
+                let joined: Vec<&[u8]> = values.iter().map(HeaderValue::as_bytes).collect();
+                if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+                    out.insert(name.clone(), v);
+                }
+                continue;
+            }
+            for v in values {
                 out.append(name.clone(), v.clone());
             }
         }

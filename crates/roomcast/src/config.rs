@@ -306,8 +306,9 @@ pub struct ProxyConfig {
     /// and of webhooks on 5xx. Default: 2.
     pub retries: u32,
     /// Handshake headers passed to the backend as HTTP headers on every call
-    /// for that connection (lower case). Default: `["cookie", "user-agent",
-    /// "accept-language", "x-forwarded-for", "x-real-ip"]`.
+    /// for that connection (lower case). Add `x-forwarded-for` only behind a
+    /// reverse proxy that sets it: a client can send any value. Default:
+    /// `["cookie", "user-agent", "accept-language"]`.
     pub forward_headers: Vec<String>,
 }
 
@@ -337,15 +338,9 @@ impl Default for ProxyConfig {
             timeout_ms: 5_000,
             max_in_flight: 256,
             retries: 2,
-            forward_headers: [
-                "cookie",
-                "user-agent",
-                "accept-language",
-                "x-forwarded-for",
-                "x-real-ip",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            forward_headers: ["cookie", "user-agent", "accept-language"]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
@@ -679,6 +674,29 @@ impl Config {
         }
     }
 
+    /// Settings that are valid but unsafe outside development, each as a
+    /// sentence naming the key to change. The binary logs them at startup.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let exposed = !self.listen.ip().is_loopback();
+        if self.auth.mode == AuthMode::Open && exposed {
+            out.push(format!(
+                "auth.mode = \"open\" lets clients pick their own user id, and {} is not a loopback address: use \"token\" or \"proxy\" outside development",
+                self.listen
+            ));
+        }
+        if self.auth.mode == AuthMode::Proxy && self.auth.allowed_origins.is_empty() {
+            out.push("auth.mode = \"proxy\" authenticates by the browser's cookies, which a page on any site can make it send: set auth.allowed_origins to your own origins".to_owned());
+        }
+        if !self.api.requires_key() && exposed {
+            out.push(format!(
+                "the HTTP API (/api/*) has no key and {} is not a loopback address: set api.key",
+                self.listen
+            ));
+        }
+        out
+    }
+
     /// Checks values that parse but make no sense; names the key.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -744,5 +762,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_settings_are_named_in_warnings() {
+        let local = Config::default();
+        assert!(local.warnings().is_empty(), "{:?}", local.warnings());
+        let mut exposed = Config {
+            listen: "0.0.0.0:8000".parse().unwrap(),
+            ..Config::default()
+        };
+        let w = exposed.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("auth.mode = \"open\"") && w[1].contains("api.key"));
+        exposed.api.key = "k".into();
+        exposed.auth.mode = AuthMode::Proxy;
+        let w = exposed.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("auth.allowed_origins"));
+        exposed.auth.allowed_origins = vec!["https://app.example".into()];
+        assert!(exposed.warnings().is_empty());
     }
 }
