@@ -161,6 +161,9 @@ pub(crate) struct Access {
     rate: u32,
     burst: u32,
     max_per_user: usize,
+    /// Admissions of one user are serialised (by shard) while the per-user
+    /// cap is checked, so that concurrent connects cannot all pass it.
+    admitting: [tokio::sync::Mutex<()>; 32],
     pub backend: Option<Arc<Backend>>,
     pub metrics: Arc<ServerMetrics>,
 }
@@ -179,6 +182,7 @@ impl Access {
             rate: config.limits.message_rate,
             burst: config.limits.message_burst.max(1),
             max_per_user: config.limits.max_connections_per_user,
+            admitting: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             backend,
             metrics,
         }
@@ -248,7 +252,11 @@ impl Access {
             conn.set_info(info);
         }
         if let Some(user) = &identity.user {
-            if self.max_per_user > 0 {
+            // Held until the user is bound: the count and the binding are one step.
+            let _admitting = if self.max_per_user > 0 {
+                let guard = self.admitting[shard_of(user, self.admitting.len())]
+                    .lock()
+                    .await;
                 let open = conn
                     .hub()
                     .user_presence(user)
@@ -260,7 +268,10 @@ impl Access {
                     tracing::info!(%user, open, "refused: too many connections for this user");
                     return Err(Disconnect::TOO_MANY_CONNECTIONS);
                 }
-            }
+                Some(guard)
+            } else {
+                None
+            };
             conn.authenticate(user)
                 .await
                 .map_err(|e| Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string()))?;
@@ -593,6 +604,13 @@ impl Access {
             headers: headers.clone(),
         }
     }
+}
+
+fn shard_of(user: &str, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    user.hash(&mut h);
+    h.finish() as usize % shards
 }
 
 /// Credentials from an auth payload (Socket.IO's `auth`, native `auth`).

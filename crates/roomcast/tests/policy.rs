@@ -809,7 +809,7 @@ async fn browsers_from_other_origins_are_refused_with_403() {
     srv.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_may_hold_at_most_max_connections_per_user() {
     let mut cfg = open_with_tokens();
     cfg.limits.max_connections_per_user = 2;
@@ -832,6 +832,23 @@ async fn a_user_may_hold_at_most_max_connections_per_user() {
         answer.starts_with(r#"4{"data":{"code":"too_many_connections"}"#),
         "{answer}"
     );
+    // Many connections of one user at once: still only two get in.
+    let t = hs256(SECRET, &json!({"sub": "carol"}));
+    let attempts = (0..100).map(|_| {
+        let path = format!("/ws?token={t}");
+        let addr = srv.addr;
+        async move {
+            let mut c = Client::connect(addr, &path).await;
+            let first = c.recv().await;
+            (first["type"] == "welcome").then_some(c)
+        }
+    });
+    let admitted: Vec<Client> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(admitted.len(), 2);
     // Another user is not affected.
     let _bob = srv.user("bob").await;
     let (_, u) = srv.get("/api/users/alice").await;
@@ -839,7 +856,7 @@ async fn a_user_may_hold_at_most_max_connections_per_user() {
     assert_eq!(
         srv.metric(r#"roomcast_permission_denied_total{action="connect"}"#)
             .await,
-        3.0
+        101.0
     );
     srv.stop().await;
 }
