@@ -58,6 +58,8 @@ pub(crate) struct ClientState {
     bucket: Mutex<Bucket>,
     /// Messages refused in a row for the rate limit.
     strikes: AtomicU32,
+    /// The rate limit closed the connection; what is still queued is dropped.
+    rate_closed: std::sync::atomic::AtomicBool,
     /// Backend calls (event proxy) this connection may have in flight.
     pub rpc_slots: tokio::sync::Semaphore,
     /// Cancelled when the connection closes (ends its expiry timer).
@@ -75,6 +77,8 @@ pub(crate) enum Rate {
     Refuse,
     /// Refused too many in a row: close the connection (4005).
     Close,
+    /// Already told to close: drop the message without an answer.
+    Closing,
 }
 
 fn now_s() -> u64 {
@@ -107,6 +111,7 @@ impl ClientState {
                 last: Instant::now(),
             }),
             strikes: AtomicU32::new(0),
+            rate_closed: std::sync::atomic::AtomicBool::new(false),
             rpc_slots: tokio::sync::Semaphore::new(RPC_PER_CONNECTION),
             closed: tokio_util::sync::CancellationToken::new(),
         }
@@ -204,6 +209,9 @@ impl Access {
         if self.rate == 0 {
             return Rate::Ok;
         }
+        if state.rate_closed.load(Ordering::Relaxed) {
+            return Rate::Closing;
+        }
         let ok = {
             let mut b = state.bucket.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -230,6 +238,9 @@ impl Access {
             );
         }
         if strikes >= self.burst {
+            if state.rate_closed.swap(true, Ordering::Relaxed) {
+                return Rate::Closing;
+            }
             tracing::info!("closing a connection that kept sending over the message rate limit");
             Rate::Close
         } else {

@@ -199,6 +199,7 @@ impl Rules {
                 "rate_limited",
                 "too many messages: slow down (limits.message_rate)",
             ),
+            Rate::Closing => return,
             Rate::Close => {
                 self.access
                     .metrics

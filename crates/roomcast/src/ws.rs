@@ -390,33 +390,46 @@ impl Task {
                 return Inbound::ClientClosed;
             }
         };
+        // Every frame a client chooses to send counts: text, binary and pings
+        // (each of which costs a pong).
+        let refused = match &msg {
+            Message::Text(_) | Message::Binary(_) | Message::Ping(_) => {
+                match s.access.rate(&self.state) {
+                    Rate::Ok => false,
+                    Rate::Refuse => true,
+                    Rate::Close | Rate::Closing => return Inbound::Close(Disconnect::RATE_LIMITED),
+                }
+            }
+            Message::Pong(_) | Message::Close(_) => false,
+        };
+        let rate_limited = || {
+            Refusal::new(
+                "rate_limited",
+                "too many messages: slow down (limits.message_rate)",
+            )
+        };
         match msg {
             Message::Text(text) => {
                 s.metrics.count_in(text.len());
-                match s.access.rate(&self.state) {
-                    Rate::Ok => self.command(text.as_str()).await,
-                    Rate::Refuse => {
-                        let id = native::decode(text.as_str()).ok().and_then(|r| r.id);
-                        self.refuse(
-                            id,
-                            Refusal::new(
-                                "rate_limited",
-                                "too many messages: slow down (limits.message_rate)",
-                            ),
-                        );
-                        Inbound::Continue
-                    }
-                    Rate::Close => Inbound::Close(Disconnect::RATE_LIMITED),
+                if refused {
+                    let id = native::decode(text.as_str()).ok().and_then(|r| r.id);
+                    self.refuse(id, rate_limited());
+                    return Inbound::Continue;
                 }
+                self.command(text.as_str()).await
             }
             Message::Binary(b) => {
                 s.metrics.count_in(b.len());
                 self.refuse(
                     None,
-                    Refusal::new(
-                        "binary_not_supported",
-                        "the native protocol takes JSON text frames only",
-                    ),
+                    if refused {
+                        rate_limited()
+                    } else {
+                        Refusal::new(
+                            "binary_not_supported",
+                            "the native protocol takes JSON text frames only",
+                        )
+                    },
                 );
                 Inbound::Continue
             }

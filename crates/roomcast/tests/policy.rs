@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use support::backend::{Answer, Backend, Call};
 use support::*;
+use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../../roomcast-socketio/tests/support/mod.rs"]
 mod sio;
@@ -736,8 +737,53 @@ async fn the_message_rate_limit_refuses_then_disconnects_with_4005() {
         a.starts_with(r#"34[{"error":{"code":"rate_limited""#),
         "{a}"
     );
+    // A Socket.IO session flooding in one polling payload is closed once.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", srv.addr);
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{base}&sid={sid}");
+    let mut body = vec![r#"40{"user":"flood"}"#.to_owned()];
+    body.extend((0..200).map(|i| format!(r#"42["roomcast:presence",{{"room":"p{i}"}}]"#)));
+    http.post(&url)
+        .body(body.join("\x1e"))
+        .send()
+        .await
+        .unwrap();
+    let closed = async {
+        loop {
+            let r = http.get(&url).send().await.unwrap();
+            if r.status() != 200 || r.text().await.unwrap().split('\x1e').any(|p| p == "1") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(STEP, closed)
+        .await
+        .expect("the flooding session closed");
     assert_eq!(
-        srv.metric(r#"roomcast_rate_limited_total{kind="message"}"#)
+        srv.metric(r#"roomcast_disconnects_total{code="4005"}"#)
+            .await,
+        2.0
+    );
+
+    // Binary frames and pings count too.
+    for frame in [
+        Message::Binary(vec![1u8].into()),
+        Message::Ping(vec![].into()),
+    ] {
+        let mut c = srv.client().await;
+        c.welcome().await;
+        for _ in 0..10 {
+            c.send_raw(frame.clone()).await;
+        }
+        assert_eq!(c.closed().await.code, Some(4005), "{frame:?}");
+    }
+    assert_eq!(
+        srv.metric(r#"roomcast_disconnects_total{code="4005"}"#)
             .await,
         4.0
     );
