@@ -77,8 +77,8 @@ pub use frame::Frame;
 pub use hub::{valid_user, ConnInfo, Connection, Hub, HubConfig, HubMetrics, Selection, WeakHub};
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{
-    Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Route, Sender,
-    StreamPosition, Target, Who,
+    json_depth_within, Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Route,
+    Sender, StreamPosition, Target, Who, MAX_JSON_DEPTH,
 };
 pub use outbox::{Outbox, PushError};
 pub use protocol::Protocol;

@@ -86,6 +86,40 @@ impl Publication {
     }
 }
 
+/// How deeply JSON from clients may nest (arrays and objects): as deep as
+/// serde_json parses into a `Value`, so that every receiving client library
+/// can read what roomcast relays.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Whether the JSON text `json` nests arrays and objects at most `max` deep.
+/// A linear scan that skips strings; `json` is assumed to be valid JSON.
+pub fn json_depth_within(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// A user's first connection joined a room, or their last one left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEvent {
@@ -224,5 +258,21 @@ impl Envelope {
             Payload::Presence(e) => Some(&e.room),
             Payload::Command(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_arrays_and_objects_outside_strings() {
+        assert!(json_depth_within(br#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(!json_depth_within(br#"{"a":[1,{"b":2}]}"#, 2));
+        assert!(json_depth_within(br#"{"a":"[[[[[[\"{{{{"}"#, 1));
+        assert!(json_depth_within(br#"[[],[],[]]"#, 2));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(!json_depth_within(deep.as_bytes(), MAX_JSON_DEPTH));
+        assert!(json_depth_within(b"1", 0));
     }
 }

@@ -123,6 +123,16 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
             "body must be a JSON object",
         ));
     }
+    if !roomcast_core::json_depth_within(bytes, roomcast_core::MAX_JSON_DEPTH) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "body nests JSON deeper than {} levels",
+                roomcast_core::MAX_JSON_DEPTH
+            ),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -138,24 +138,41 @@ pub fn decode(text: &str) -> Result<Request, DecodeError> {
             message: "a command is a JSON object with a \"type\"".to_owned(),
         });
     }
-    let raw: Raw = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = if inner.is_data() && path != "." {
-                format!("field `{path}`: {inner}")
-            } else if inner.is_data() {
-                "a command is a JSON object with a \"type\"".to_owned()
-            } else {
-                format!("invalid JSON: {inner}")
-            };
-            DecodeError {
-                id: None,
-                code: "bad_request",
-                message,
-            }
-        })?;
+    if !roomcast_core::json_depth_within(text.as_bytes(), roomcast_core::MAX_JSON_DEPTH) {
+        return Err(DecodeError {
+            id: None,
+            code: "bad_request",
+            message: format!(
+                "JSON nested deeper than {} levels",
+                roomcast_core::MAX_JSON_DEPTH
+            ),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw: Raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if inner.is_data() && path != "." {
+            format!("field `{path}`: {inner}")
+        } else if inner.is_data() {
+            "a command is a JSON object with a \"type\"".to_owned()
+        } else {
+            format!("invalid JSON: {inner}")
+        };
+        DecodeError {
+            id: None,
+            code: "bad_request",
+            message,
+        }
+    })?;
     let id = raw.id;
+    if de.end().is_err() {
+        return Err(DecodeError {
+            id,
+            code: "bad_request",
+            message: "invalid JSON: trailing characters after the command".to_owned(),
+        });
+    }
     let missing = |field: &str| DecodeError {
         id,
         code: "bad_request",
@@ -451,6 +468,16 @@ mod tests {
         assert!(e.message.contains("JSON object"));
         let e = decode(r#"{"type":"publish","room":"r"}"#).unwrap_err();
         assert_eq!(e.message, "missing field `event`");
+        let e = decode(r#"{"type":"ping","id":9} xyz"#).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(9), "bad_request"));
+        assert!(decode("{\"type\":\"ping\"} \n").is_ok());
+        let deep = format!(
+            r#"{{"type":"publish","room":"r","event":"e","data":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let e = decode(&deep).unwrap_err();
+        assert!(e.message.contains("nested deeper"), "{}", e.message);
     }
 
     #[test]

@@ -215,6 +215,17 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     }
     let (s, r) = srv.post_raw("/api/publish", "{broken").await;
     assert_eq!((s, r["error"]["code"].as_str()), (400, Some("bad_request")));
+    let deep = format!(
+        r#"{{"room":"r","event":"e","data":{}1{}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let (s, r) = srv.post_raw("/api/publish", &deep).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("deeper"),
+        "{r}"
+    );
     let big = json!({"room": "r", "event": "e", "data": "x".repeat(2000)});
     let (s, r) = srv.post("/api/publish", big).await;
     assert_eq!(

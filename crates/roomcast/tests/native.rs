@@ -227,6 +227,21 @@ async fn bad_input_gets_error_frames_and_harms_no_one() {
     assert_eq!(e["code"], "invalid_user");
     bad.send_raw(Message::binary(vec![0u8, 1, 2])).await;
     assert_eq!(bad.recv_type("error").await["code"], "binary_not_supported");
+    // Data nested deeper than client libraries can read is not relayed.
+    let deep = format!(
+        r#"{{"type":"publish","room":"r","event":"deep","data":{}1{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    bad.send_raw(Message::text(deep)).await;
+    let e = bad.recv_type("error").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("nested deeper"),
+        "{e}"
+    );
+    bad.send_raw(Message::text(r#"{"type":"ping","id":77} trailing"#))
+        .await;
+    assert_eq!(bad.recv_type("error").await["id"], 77);
 
     // Both connections still work.
     let ack = bad
@@ -235,7 +250,7 @@ async fn bad_input_gets_error_frames_and_harms_no_one() {
     assert_eq!(ack["delivered"], 2);
     assert_eq!(good.recv_type("message").await["event"], "ok");
     let (_, m) = srv.get_text("/metrics").await;
-    assert!(m.contains("roomcast_client_errors_total 7"), "{m}");
+    assert!(m.contains("roomcast_client_errors_total 9"), "{m}");
     srv.stop().await;
 }
 

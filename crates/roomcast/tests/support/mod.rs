@@ -97,11 +97,11 @@ impl TestServer {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+    pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
         let resp = self
             .http
             .post(self.url(path))
-            .body(body)
+            .body(body.to_owned())
             .send()
             .await
             .unwrap();
