@@ -35,6 +35,9 @@ const NEVER_FORWARDED: [&str; 9] = [
     "te",
 ];
 
+/// The largest backend answer read; a larger one is a failed call.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// What a backend call was for (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {
@@ -471,11 +474,25 @@ impl Backend {
             Err(e) => return Err(Attempt::Bad(e.to_string())),
         };
         let status = resp.status();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return Err(Attempt::Timeout),
-            Err(e) => return Err(Attempt::Bad(e.to_string())),
-        };
+        let too_big = || Attempt::Bad(format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"));
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            return Err(too_big());
+        }
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(too_big());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Err(Attempt::Timeout),
+                Err(e) => return Err(Attempt::Bad(e.to_string())),
+            }
+        }
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         let error = parsed
             .as_ref()

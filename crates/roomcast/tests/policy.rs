@@ -366,6 +366,7 @@ fn events(c: &Call) -> Answer {
         "slow" => Answer::Hang,
         "garbage" => Answer::Text(200, "<html>"),
         "explode" => Answer::ok(json!({"actions": [{"type": "explode"}]})),
+        "huge" => Answer::ok(json!({"result": "x".repeat(2 << 20)})),
         "leak" => Answer::Json(
             500,
             json!({"error": {"code": "db", "message": "password=hunter2 at /srv/app/views.py"}}),
@@ -464,6 +465,8 @@ async fn native_rpc_goes_to_the_backend_whose_answer_is_the_ack_and_its_actions_
         // for roomcast's log: it may name internals.
         ("leak", "backend_error", "backend error"),
         ("explode", "backend_error", "backend error"),
+        // Answers over 1 MiB are not read.
+        ("huge", "backend_error", "backend error"),
     ] {
         let e = alice.request(rpc(event, json!({}))).await;
         assert_eq!(
