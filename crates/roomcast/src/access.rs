@@ -306,16 +306,28 @@ impl Access {
         Ok(identity.rooms)
     }
 
-    /// Joins the rooms the credentials listed.
+    /// Joins the rooms the credentials listed; those that cannot be joined
+    /// are skipped, with one log line for them all.
     pub(crate) async fn join_granted(&self, conn: &Connection, rooms: &[String]) {
-        for room in rooms {
+        let mut skipped = 0;
+        let mut first = None;
+        for (i, room) in rooms.iter().enumerate() {
             match conn.join(room).await {
                 Ok(true) => self.webhook("join", conn, Some(room), None),
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(%room, error = %e, "could not join a room the credentials list")
+                    let full = matches!(e, roomcast_core::error::JoinError::TooManyRooms { .. });
+                    // At the room limit, the rest cannot be joined either.
+                    skipped += if full { rooms.len() - i } else { 1 };
+                    first.get_or_insert((room.clone(), e));
+                    if full {
+                        break;
+                    }
                 }
             }
+        }
+        if let Some((room, error)) = first {
+            tracing::warn!(skipped, %room, %error, "rooms the credentials list were not joined");
         }
     }
 

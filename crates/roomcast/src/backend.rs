@@ -474,8 +474,15 @@ impl Backend {
             Err(e) => return Err(Attempt::Bad(e.to_string())),
         };
         let status = resp.status();
-        let too_big = || Attempt::Bad(format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"));
-        if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        let too_big = || {
+            Attempt::Bad(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+            ))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
             return Err(too_big());
         }
         let mut resp = resp;

@@ -785,3 +785,27 @@ async fn backend_redirects_are_not_followed() {
     // The secret and the client's cookies never reached the other host.
     assert_eq!(elsewhere.count("connect"), 0);
 }
+
+#[tokio::test]
+async fn rooms_a_token_lists_beyond_the_limits_are_skipped() {
+    let mut cfg = token_config();
+    cfg.limits.max_rooms_per_connection = 10;
+    let srv = start(cfg).await;
+    let mut rooms: Vec<String> = vec!["bad room".into(), "".into()];
+    rooms.extend((0..500).map(|i| format!("r{i}")));
+    let t = hs256(SECRET, &json!({"sub": "alice", "rooms": rooms}));
+    let mut c = Client::connect(srv.addr, &format!("/ws?token={t}")).await;
+    c.welcome().await;
+    let (_, info) = srv.get(&format!("/api/connections/{}", c.conn)).await;
+    let joined: Vec<&str> = info["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(joined.len(), 10, "{info}");
+    assert!(joined.iter().all(|r| r.starts_with('r')), "{info}");
+    let e = c.request(json!({"type": "join", "room": "one-more"})).await;
+    assert_eq!(e["code"], "too_many_rooms");
+    srv.stop().await;
+}
