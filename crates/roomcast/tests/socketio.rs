@@ -209,3 +209,20 @@ async fn long_polling_clients_share_the_hub_too() {
     assert_eq!(body, r#"42["note",[1,2]]"#);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn engineio_sessions_count_against_max_connections_before_they_connect() {
+    let mut cfg = sio_config(false);
+    cfg.limits.max_connections = 2;
+    let srv = start(cfg).await;
+    let url = srv.url("/socket.io/?EIO=4&transport=polling");
+    for _ in 0..2 {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "server_full");
+    srv.stop().await;
+}

@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub upgrade_timeout: Duration,
     /// Which browser origins get CORS headers.
     pub cors: Cors,
+    /// Most open sessions (connected to a namespace or not); a handshake over
+    /// it is answered 503. 0 means no limit. Default: 0.
+    pub max_sessions: usize,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             max_queue_bytes: 1 << 20,
             upgrade_timeout: Duration::from_millis(10_000),
             cors: Cors::Off,
+            max_sessions: 0,
         }
     }
 }
@@ -887,6 +891,18 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
             }
         },
     };
+    let max = eio.config.max_sessions;
+    if session.is_none() && max > 0 && eio.session_count() >= max {
+        let mut resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"code": "server_full", "message": "server full: try another node or later"})),
+        )
+            .into_response();
+        if let Some(h) = cors {
+            resp.headers_mut().extend(h);
+        }
+        return resp;
+    }
     if websocket {
         if parts.method != Method::GET {
             return EioError::BadHandshakeMethod.response(cors);
