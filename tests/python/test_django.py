@@ -39,12 +39,12 @@ import socketio
 import websocket
 
 import inbox
+from procs import Process, free_port
 
 #: Bound for one expected event, ack, frame, HTTP answer or state change (seconds).
 STEP = 10.0
-#: Bound for a process to start (print its line, answer HTTP) and to exit (seconds).
+#: Bound for a process to start: print its line, answer HTTP (seconds).
 START = 30.0
-EXIT = 10.0
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "examples" / "django"
@@ -69,50 +69,6 @@ def wait_until(check, what, timeout=STEP, interval=0.05):
 
 # ---------------------------------------------------------------------------
 # Processes
-
-
-class Process:
-    """A child process whose output is kept (last 200 lines) for failure messages."""
-
-    def __init__(self, name, args, env, cwd=None):
-        self.name = name
-        self.proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines = queue.Queue()
-        self.output = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-            del self.output[:-200]
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def tail(self, n=40):
-        return "\n".join(self.output[-n:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=EXIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=EXIT)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_env():
@@ -157,29 +113,21 @@ def start_roomcast(config_path):
     proc = Process(
         "roomcast",
         [binary, "serve", "--config", str(config_path), "--listen", "127.0.0.1:0"],
-        env={**base_env(), "NO_COLOR": "1", "RUST_LOG": "info"},
+        {**base_env(), "NO_COLOR": "1", "RUST_LOG": "info"},
     )
-    deadline = time.monotonic() + START
-    while True:
-        try:
-            line = proc.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            proc.stop()
-            pytest.fail(f"roomcast printed no listening line within {START} s:\n{proc.tail()}", pytrace=False)
-        if line is None:
-            code = proc.proc.wait(timeout=EXIT)
-            pytest.fail(f"roomcast exited ({code}) before listening:\n{proc.tail()}", pytrace=False)
-        m = re.search(r"roomcast listening on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            proc.url = m.group(1)
-            return proc
+    try:
+        proc.url = proc.wait_for_line(r"roomcast listening on (http://127\.0\.0\.1:\d+)", START).group(1)
+    except AssertionError as e:
+        proc.stop()
+        pytest.fail(f"{e}:\n{proc.tail()}", pytrace=False)
+    return proc
 
 
 def start_django(env, port):
     proc = Process(
         "django",
         [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        env=env,
+        env,
         cwd=SITE,
     )
     url = f"http://127.0.0.1:{port}"

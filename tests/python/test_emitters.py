@@ -26,7 +26,6 @@ import json
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -41,13 +40,13 @@ import socketio
 import websocket
 
 import inbox
+from procs import Process, free_port
 from emitter_ops import NoLocalServer
 
 #: Bound for one expected event, ack, frame or HTTP answer (seconds).
 STEP = 10.0
-#: Bound for a process to start (answer PING, print its line) and to exit (seconds).
+#: Bound for a process to start: answer PING, print its line (seconds).
 START = 20.0
-EXIT = 10.0
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,48 +59,9 @@ def token(tag):
 # Processes
 
 
-class Process:
-    """A child process whose output is kept (last 200 lines) for failure messages."""
-
-    def __init__(self, name, args, env=None):
-        self.name = name
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # ROOMCAST_BIN is this module's setting, not the server's (it would warn about it).
-            env={**{k: v for k, v in os.environ.items() if k != "ROOMCAST_BIN"}, "NO_COLOR": "1", **(env or {})},
-        )
-        self.lines = queue.Queue()
-        self.output = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip("\n"))
-            del self.output[:-200]
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def tail(self, n=40):
-        return "\n".join(self.output[-n:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=EXIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=EXIT)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def child_env(extra=None):
+    """This environment for a child, without ROOMCAST_BIN (this module's setting, not the server's)."""
+    return {**{k: v for k, v in os.environ.items() if k != "ROOMCAST_BIN"}, "NO_COLOR": "1", **(extra or {})}
 
 
 def start_redis():
@@ -112,6 +72,7 @@ def start_redis():
         proc = Process(
             "redis-server",
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            child_env(),
         )
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + START
@@ -155,21 +116,11 @@ def start_roomcast(redis_url):
     proc = Process(
         "roomcast",
         [binary, "serve", "--listen", "127.0.0.1:0", "--broker", redis_url, "--emitters", "python-socketio,socket.io"],
-        env={"ROOMCAST_SOCKETIO_BUILTIN_EVENTS": "true", "RUST_LOG": "info"},
+        child_env({"ROOMCAST_SOCKETIO_BUILTIN_EVENTS": "true", "RUST_LOG": "info"}),
     )
     deadline = time.monotonic() + START
     try:
-        while True:
-            try:
-                line = proc.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"roomcast printed no listening line within {START} s") from None
-            if line is None:
-                raise AssertionError(f"roomcast exited ({proc.proc.wait(timeout=EXIT)}) before listening")
-            m = re.search(r"roomcast listening on (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                proc.url = m.group(1)
-                break
+        proc.url = proc.wait_for_line(r"roomcast listening on (http://127\.0\.0\.1:\d+)", START).group(1)
         # Ready once its Redis subscriber, with the emitter channels, is up.
         while not re.search(r"^roomcast_redis_connected 1$", metrics(proc.url), re.M):
             if time.monotonic() > deadline:

@@ -630,35 +630,9 @@ async fn the_connect_proxy_answers_for_socketio_clients_over_both_transports() {
     }
 
     // Long-polling: the cookie of the handshake request reaches the backend too.
-    let http = reqwest::Client::new();
-    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", srv.addr);
-    let get = |url: String| {
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(url)
-                .header("cookie", "sessionid=numeric")
-                .send()
-                .await
-                .unwrap();
-            r.text().await.unwrap()
-        }
-    };
-    let open = get(base.clone()).await;
-    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = format!("{base}&sid={sid}");
-    let r = http
-        .post(&url)
-        .header("cookie", "sessionid=numeric")
-        .body("40")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), "ok");
-    let connected = get(url).await;
+    let polling = Polling::open(&srv, &[("cookie", "sessionid=numeric")]).await;
+    assert_eq!(polling.post("40").await, (200, "ok".to_owned()));
+    let (_, connected) = polling.poll().await;
     assert!(connected.starts_with("40{\"sid\""), "{connected}");
     let (_, u) = srv.get("/api/users/7").await;
     assert_eq!(u["online"], true, "{u}");

@@ -741,32 +741,11 @@ async fn the_message_rate_limit_refuses_then_disconnects_with_4005() {
         "{a}"
     );
     // A Socket.IO session flooding in one polling payload is closed once.
-    let http = reqwest::Client::new();
-    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", srv.addr);
-    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = format!("{base}&sid={sid}");
+    let polling = Polling::open(&srv, &[]).await;
     let mut body = vec![r#"40{"user":"flood"}"#.to_owned()];
     body.extend((0..200).map(|i| format!(r#"42["roomcast:presence",{{"room":"p{i}"}}]"#)));
-    http.post(&url)
-        .body(body.join("\x1e"))
-        .send()
-        .await
-        .unwrap();
-    let closed = async {
-        loop {
-            let r = http.get(&url).send().await.unwrap();
-            if r.status() != 200 || r.text().await.unwrap().split('\x1e').any(|p| p == "1") {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(STEP, closed)
-        .await
-        .expect("the flooding session closed");
+    polling.post(&body.join("\x1e")).await;
+    polling.until_closed().await;
     assert_eq!(
         srv.metric(r#"roomcast_disconnects_total{code="4005"}"#)
             .await,

@@ -183,30 +183,19 @@ async fn shutdown_closes_socketio_clients_with_4000() {
 #[tokio::test]
 async fn long_polling_clients_share_the_hub_too() {
     let srv = start(sio_config(false)).await;
-    let http = reqwest::Client::new();
-    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", srv.addr);
-    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let url = format!("{base}&sid={sid}");
-    let r = http
-        .post(&url)
-        .body(r#"40{"user":"pat"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), "ok");
-    let connected = http.get(&url).send().await.unwrap().text().await.unwrap();
+    let polling = Polling::open(&srv, &[]).await;
+    assert_eq!(
+        polling.post(r#"40{"user":"pat"}"#).await,
+        (200, "ok".to_owned())
+    );
+    let (_, connected) = polling.poll().await;
     assert!(connected.starts_with("40{\"sid\""), "{connected}");
     srv.post(
         "/api/send",
         json!({"user": "pat", "event": "note", "data": [1, 2]}),
     )
     .await;
-    let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-    assert_eq!(body, r#"42["note",[1,2]]"#);
+    assert_eq!(polling.poll().await.1, r#"42["note",[1,2]]"#);
     srv.stop().await;
 }
 

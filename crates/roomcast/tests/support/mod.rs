@@ -153,6 +153,74 @@ impl TestServer {
     }
 }
 
+/// A long-polling Engine.IO session on the server's `/socket.io/`; every
+/// request carries the same extra headers (cookies, as a browser's would).
+pub struct Polling {
+    http: reqwest::Client,
+    /// The session's URL, `sid` included.
+    pub url: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Polling {
+    pub async fn open(srv: &TestServer, headers: &[(&str, &str)]) -> Polling {
+        let mut p = Polling {
+            http: reqwest::Client::new(),
+            url: srv.url("/socket.io/?EIO=4&transport=polling"),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let (status, open) = p.poll().await;
+        assert_eq!(status, 200, "{open}");
+        let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        p.url = format!("{}&sid={sid}", p.url);
+        p
+    }
+
+    fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, &self.url);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        req
+    }
+
+    /// POSTs a payload; returns the status and body.
+    pub async fn post(&self, body: &str) -> (u16, String) {
+        let r = self
+            .request(reqwest::Method::POST)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// One long-polling GET, bounded by the step timeout.
+    pub async fn poll(&self) -> (u16, String) {
+        let r = tokio::time::timeout(STEP, self.request(reqwest::Method::GET).send())
+            .await
+            .expect("a poll answered in time")
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Polls until the session ends (a CLOSE packet, or an unknown session).
+    pub async fn until_closed(&self) {
+        loop {
+            let (status, body) = self.poll().await;
+            if status != 200 || body.split('\x1e').any(|p| p == "1") {
+                return;
+            }
+        }
+    }
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// A native protocol client.
