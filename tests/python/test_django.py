@@ -19,16 +19,12 @@ polled against a deadline. A negative ("X does not receive Y") is proven by
 a later message to the same client: roomcast queues to each client in order.
 """
 
-import json
 import os
-import queue
 import re
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -36,9 +32,9 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-import websocket
 
 import inbox
+from clients import NativeSocket, shutdown_sio
 from procs import Process, free_port
 
 #: Bound for one expected event, ack, frame, HTTP answer or state change (seconds).
@@ -294,60 +290,17 @@ class SioClient:
         return [args[0] for e, args in self.inbox.snapshot() if e == event]
 
     def close(self):
-        done = threading.Event()
-
-        def run():
-            try:
-                self.sio.shutdown()
-            except Exception:
-                pass
-            finally:
-                done.set()
-
-        threading.Thread(target=run, daemon=True).start()
-        done.wait(STEP)
+        shutdown_sio(self.sio, STEP)
 
 
-class NativeClient:
-    """A native WebSocket client (websocket-client) sending the login's cookie."""
+class NativeClient(NativeSocket):
+    """A native WebSocket client sending the login's cookie."""
 
     def __init__(self, site, cookie=None, name="native"):
-        self.name = name
-        self.inbox = Inbox(f"native client {name}")
-        self.closed = queue.Queue()
-        self.ended = threading.Event()
-        self.next_id = 1
-        header = [f"Cookie: {cookie}"] if cookie else []
-        self.ws = websocket.create_connection(site.url.replace("http", "ws", 1) + "/ws", header=header, timeout=STEP)
-        self.ws.settimeout(None)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        try:
-            while True:
-                opcode, data = self.ws.recv_data(control_frame=True)
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    self.inbox.push(json.loads(data))
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-                    self.closed.put((code, data[2:].decode("utf-8", "replace")))
-                    return
-        except Exception:  # the socket was shut down
-            self.closed.put((None, ""))
-        finally:
-            self.ended.set()
+        super().__init__(site.url, name, STEP, [f"Cookie: {cookie}"] if cookie else [])
 
     def welcome(self):
         return self.inbox.wait_for(lambda f: f["type"] == "welcome", "welcome")
-
-    def send(self, command):
-        """Sends `command` with a fresh id; returns the ack or error frame answering it."""
-        request_id = self.next_id
-        self.next_id += 1
-        self.ws.send(json.dumps({**command, "id": request_id}))
-        return self.inbox.wait_for(
-            lambda f: f["type"] in ("ack", "error") and f.get("id") == request_id, f"reply to {command}"
-        )
 
     def rpc(self, event, data):
         return self.send({"type": "rpc", "event": event, "data": data})
@@ -360,26 +313,6 @@ class NativeClient:
 
     def messages(self, event):
         return [f for f in self.inbox.snapshot() if f["type"] == "message" and f["event"] == event]
-
-    def close_code(self):
-        try:
-            return self.closed.get(timeout=STEP)
-        except queue.Empty:
-            raise AssertionError(f"{self.name}: not closed within {STEP} s; got {self.inbox.snapshot()!r}") from None
-
-    def close(self):
-        """A clean close (1000), answered by the server, then the socket is shut down."""
-        try:
-            if not self.ended.is_set():
-                self.ws.send_close()
-                self.ended.wait(STEP)
-        except Exception:
-            pass
-        try:
-            self.ws.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader if it still waits
-        except Exception:
-            pass
-        self.ws.shutdown()
 
 
 @pytest.fixture

@@ -24,11 +24,9 @@ compare the whole list of events each client received. Every wait is bounded
 
 import json
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,9 +35,9 @@ import pytest
 import redis
 import requests
 import socketio
-import websocket
 
 import inbox
+from clients import NativeSocket, shutdown_sio
 from procs import Process, free_port
 from emitter_ops import NoLocalServer
 
@@ -219,56 +217,22 @@ class SioClient:
         return self.inbox.wait_for(lambda m: m[0] == event and m[1] == (tag,), f"event {event} {tag!r}")
 
     def close(self):
-        done = threading.Event()
-
-        def run():
-            try:
-                self.sio.shutdown()
-            except Exception:
-                pass
-            finally:
-                done.set()
-
-        threading.Thread(target=run, daemon=True).start()
-        done.wait(STEP)
+        shutdown_sio(self.sio, STEP)
 
 
-class NativeClient:
+class NativeClient(NativeSocket):
     """A native WebSocket client (websocket-client) recording every frame."""
 
     kind = "native"
 
     def __init__(self, url, user):
+        super().__init__(url, user, STEP)
         self.user = user
-        self.inbox = Inbox(f"native client {user}")
-        self.closed = queue.Queue()
-        self.next_id = 1
-        self.ws = websocket.create_connection(url.replace("http", "ws", 1) + "/ws", timeout=STEP)
-        self.ws.settimeout(None)
-        threading.Thread(target=self._read, daemon=True).start()
         self.id = self.inbox.wait_for(lambda f: f["type"] == "welcome", "welcome")["conn"]
         self.request({"type": "auth", "user": user})
 
-    def _read(self):
-        try:
-            while True:
-                opcode, data = self.ws.recv_data(control_frame=True)
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    self.inbox.push(json.loads(data))
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-                    self.closed.put(code)
-                    return
-        except Exception:  # the socket was shut down
-            self.closed.put(None)
-
     def request(self, command):
-        request_id = self.next_id
-        self.next_id += 1
-        self.ws.send(json.dumps({**command, "id": request_id}))
-        reply = self.inbox.wait_for(
-            lambda f: f["type"] in ("ack", "error") and f.get("id") == request_id, f"reply to {command}"
-        )
+        reply = self.send(command)
         assert reply["type"] == "ack", reply
         return reply
 
@@ -289,12 +253,6 @@ class NativeClient:
         return self.inbox.wait_for(
             lambda f: f["type"] == "message" and f["event"] == event and f["data"] == tag, f"message {event} {tag!r}"
         )
-
-    def close(self):
-        try:
-            self.ws.shutdown()
-        except Exception:
-            pass
 
 
 @pytest.fixture
@@ -480,7 +438,7 @@ def test_disconnect(manager, clients):
     assert reason == clients.sio_a.sio.reason.SERVER_DISCONNECT
     frame = clients.native_b.inbox.wait_for(lambda f: f["type"] == "disconnect", "disconnect frame")
     assert frame["code"] == 4500 and frame["reconnect"] is False, frame
-    assert clients.native_b.closed.get(timeout=STEP) == 4500
+    assert clients.native_b.close_code()[0] == 4500
 
     survivors = [clients.native_a, clients.sio_b]
     manager.emit("after", data="still here")
