@@ -380,14 +380,10 @@ impl Access {
                 Denied::new("forbidden", format!("may not join `{room}`: {why}")),
             ))
         };
-        match rule.join {
-            JoinRule::Anyone => Ok(()),
-            JoinRule::Authenticated if user.is_some() => Ok(()),
-            JoinRule::Authenticated => refuse("authenticated users only"),
-            JoinRule::Claim if state.granted().contains(room) => Ok(()),
-            JoinRule::Claim => refuse("the room is not granted to this connection"),
-            JoinRule::None => refuse("rooms of this kind are joined by the server only"),
-            JoinRule::Proxy => {
+        match own_join(rule.join, user.is_some(), state, room) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => refuse(why),
+            None => {
                 let Some(backend) = self.backend.as_ref().filter(|b| b.handles_subscribe()) else {
                     return refuse("no subscribe proxy is configured");
                 };
@@ -415,13 +411,8 @@ impl Access {
             return Ok(());
         }
         let user = conn.user();
-        let open = match self.rules.for_room_as(room, user.as_deref()).join {
-            JoinRule::Anyone => true,
-            JoinRule::Authenticated => user.is_some(),
-            JoinRule::Claim => state.granted().contains(room),
-            JoinRule::Proxy | JoinRule::None => false,
-        };
-        if open {
+        let join = self.rules.for_room_as(room, user.as_deref()).join;
+        if let Some(Ok(())) = own_join(join, user.is_some(), state, room) {
             return Ok(());
         }
         Err(self.denied(
@@ -627,6 +618,25 @@ impl Access {
             headers: headers.clone(),
         }
     }
+}
+
+/// What a join rule says of a connection joining `room` by itself: allowed,
+/// refused (why), or `None` when the backend decides (`proxy`).
+fn own_join(
+    join: JoinRule,
+    authenticated: bool,
+    state: &ClientState,
+    room: &str,
+) -> Option<Result<(), &'static str>> {
+    Some(match join {
+        JoinRule::Anyone => Ok(()),
+        JoinRule::Authenticated if authenticated => Ok(()),
+        JoinRule::Authenticated => Err("authenticated users only"),
+        JoinRule::Claim if state.granted().contains(room) => Ok(()),
+        JoinRule::Claim => Err("the room is not granted to this connection"),
+        JoinRule::None => Err("rooms of this kind are joined by the server only"),
+        JoinRule::Proxy => return None,
+    })
 }
 
 fn shard_of(user: &str, shards: usize) -> usize {

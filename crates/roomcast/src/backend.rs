@@ -467,7 +467,7 @@ impl Backend {
                 req = req.header(SECRET_HEADER, v);
             }
         }
-        let resp = match req.send().await {
+        let mut resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(Attempt::Timeout),
             Err(e) if e.is_connect() => return Err(Attempt::NotSent(e.to_string())),
@@ -485,7 +485,6 @@ impl Backend {
         {
             return Err(too_big());
         }
-        let mut resp = resp;
         let mut bytes = Vec::new();
         loop {
             match resp.chunk().await {
