@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Secret of HS256 connection tokens (`--auth token --jwt-secret S`) [env: ROOMCAST_AUTH_JWT_SECRET]
     #[arg(long, value_name = "SECRET")]
     jwt_secret: Option<String>,
+    /// Keep the last N publications of every room, for clients that reconnect
+    #[arg(long, value_name = "N")]
+    history_size: Option<usize>,
+    /// Keep publications in room history for this many seconds (default 300)
+    #[arg(long, value_name = "SECONDS")]
+    history_ttl: Option<u64>,
 }
 
 impl ServeArgs {
@@ -84,6 +90,12 @@ impl ServeArgs {
         }
         if let Some(s) = &self.jwt_secret {
             flags.push(("auth.jwt.secret", s.clone()));
+        }
+        if let Some(n) = self.history_size {
+            flags.push(("history.size", n.to_string()));
+        }
+        if let Some(t) = self.history_ttl {
+            flags.push(("history.ttl", t.to_string()));
         }
         let file = self
             .config

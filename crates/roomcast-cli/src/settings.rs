@@ -233,6 +233,8 @@ mod tests {
             "join_leave_events",
             "presence",
             "max_members",
+            "history_size",
+            "history_ttl",
         ] {
             assert!(
                 doc.contains(&format!("`rooms[].{rule_key}`")),

@@ -1,6 +1,7 @@
 //! One error type per hub operation.
 
 use crate::broker::BrokerError;
+use crate::history::HistoryError;
 use crate::presence::PresenceError;
 use crate::room::RoomNameError;
 
@@ -95,6 +96,10 @@ pub enum PublishError {
         /// What the broker said.
         source: BrokerError,
     },
+    /// The room keeps history and the history store could not take the
+    /// publication: nobody got it.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// Session data could not be changed.
@@ -120,4 +125,10 @@ pub enum QueryError {
     /// The presence store failed.
     #[error(transparent)]
     Presence(#[from] PresenceError),
+    /// The room keeps no history.
+    #[error("this room keeps no history")]
+    NoHistory,
+    /// The history store failed.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }

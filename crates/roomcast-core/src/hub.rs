@@ -14,6 +14,9 @@ pub use select::Selection;
 
 use crate::broker::{Broker, BrokerError, EnvelopeSink, Health, MemoryBroker, MetricSample};
 use crate::error::*;
+use crate::history::{
+    HistoryError, HistoryLimits, HistoryPage, HistoryStore, MemoryHistory, Published, Since,
+};
 use crate::id::ConnIdGen;
 use crate::presence::{
     Member, MemoryPresence, PresenceStats, PresenceStore, RoomPresence, RoomSummary, UserPresence,
@@ -21,7 +24,7 @@ use crate::presence::{
 use crate::room::{validate_room_name, RoomRules, DEFAULT_MAX_ROOM_NAME};
 use crate::{
     BoxFuture, Command, ConnId, Disconnect, Envelope, Frame, NodeId, Outbox, Payload,
-    PresenceEvent, PresenceKind, Protocol, Publication, PushError, Target, Who,
+    PresenceEvent, PresenceKind, Protocol, Publication, PushError, StreamPosition, Target, Who,
 };
 
 /// Limits and room rules of a hub. `Default` gives the documented defaults.
@@ -119,7 +122,27 @@ pub(crate) struct ConnState {
     /// (Socket.IO namespaces over one Engine.IO session): closing this
     /// connection then leaves the outbox open.
     owns_outbox: bool,
+    /// Set while a join of a room with history holds the room's live
+    /// publications back (see [`Hub::enter_rooms`]); checked on every delivery.
+    holding: AtomicBool,
+    /// What is held back. Its own lock: deliveries take it inside a room's
+    /// index lock, which joins take inside `meta`.
+    held: Mutex<Holding>,
     meta: Mutex<ConnMeta>,
+}
+
+#[derive(Default)]
+struct Holding {
+    rooms: Vec<String>,
+    held: Vec<Held>,
+    bytes: usize,
+}
+
+/// A live publication held back while the connection's join reads history.
+struct Held {
+    room: String,
+    position: StreamPosition,
+    frame: Frame,
 }
 
 #[derive(Default)]
@@ -130,11 +153,18 @@ struct ConnMeta {
     /// Public data (JSON text), passed to the presence store.
     info: Option<Arc<str>>,
     closed: bool,
+    /// Where the connection joined each room with history (the stream's top
+    /// at that moment): it has every publication after it.
+    marks: HashMap<String, StreamPosition>,
 }
 
 impl ConnState {
     fn meta(&self) -> std::sync::MutexGuard<'_, ConnMeta> {
         self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Holding> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -167,6 +197,7 @@ struct Inner {
     users: Sharded<Arc<str>, Vec<Arc<ConnState>>>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceStore>,
+    history: Arc<dyn HistoryStore>,
     metrics: HubMetrics,
 }
 
@@ -178,6 +209,13 @@ pub struct Hub {
 
 /// The broker's confirmation that an envelope is on its way to the other nodes.
 type Confirmation<'a> = BoxFuture<'a, Result<(), BrokerError>>;
+
+/// A publication on its way: delivered here and handed to the broker, or
+/// handed to the history store.
+enum Started<'a> {
+    Sent(usize, Option<Confirmation<'a>>),
+    Stored(BoxFuture<'a, Result<Published, HistoryError>>),
+}
 
 /// A hub reference that does not keep the hub alive; see [`Hub::downgrade`].
 #[derive(Clone, Debug)]
@@ -219,6 +257,19 @@ impl EnvelopeSink for Receiver {
             payload => {
                 hub.deliver_local(&payload);
             }
+        }
+    }
+
+    fn deliver(&self, envelope: Envelope) -> usize {
+        match envelope.payload {
+            Payload::Command(_) => {
+                self.receive(envelope);
+                0
+            }
+            payload => self
+                .0
+                .upgrade()
+                .map_or(0, |inner| Hub { inner }.deliver_local(&payload)),
         }
     }
 
@@ -299,6 +350,76 @@ impl Tally {
     }
 }
 
+/// Holds a live publication back if the connection is reading `room`'s
+/// history; returns whether it did.
+fn hold(c: &ConnState, room: &str, position: &StreamPosition, frame: &Frame) -> bool {
+    let mut h = c.held();
+    if !h.rooms.iter().any(|r| r == room) {
+        return false;
+    }
+    h.bytes += frame.len();
+    if h.bytes > c.outbox.limit() {
+        drop(h);
+        c.outbox.close(Disconnect::SLOW);
+        return true;
+    }
+    h.held.push(Held {
+        room: room.to_owned(),
+        position: position.clone(),
+        frame: frame.clone(),
+    });
+    true
+}
+
+/// Stops holding `rooms` back; returns the frames held for them that `keep` keeps.
+fn release(
+    meta: &mut Holding,
+    c: &ConnState,
+    rooms: &[&str],
+    keep: impl Fn(&Held) -> bool,
+) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut rest = Vec::new();
+    for h in std::mem::take(&mut meta.held) {
+        if rooms.contains(&h.room.as_str()) {
+            if keep(&h) {
+                out.push(h.frame);
+            }
+        } else {
+            rest.push(h);
+        }
+    }
+    meta.bytes = rest.iter().map(|h| h.frame.len()).sum();
+    meta.held = rest;
+    meta.rooms.retain(|r| !rooms.contains(&r.as_str()));
+    if meta.rooms.is_empty() {
+        c.holding.store(false, Ordering::Release);
+    }
+    out
+}
+
+/// Builds the frames that go to a connection before what its joins replay.
+type ReplyFn<'a> = Box<dyn FnOnce(&[Recovery]) -> Vec<Frame> + Send + 'a>;
+
+/// What a join of a room found in its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The room.
+    pub room: String,
+    /// Whether the connection joined (false: it was in the room already).
+    pub joined: bool,
+    /// Whether the room keeps history.
+    pub history: bool,
+    /// The stream's top when the connection joined: it gets every publication
+    /// after it. `None` for a room without history, one nothing was published
+    /// to yet, or when the history store could not be read.
+    pub position: Option<StreamPosition>,
+    /// Every publication after the requested start was replayed (for a join
+    /// that asked for none, whether the position is known). When false
+    /// nothing was replayed: the client should reload what it shows.
+    pub recovered: bool,
+}
+
 /// Whether `user` is a valid user id: 1 to 200 bytes, no control characters.
 pub fn valid_user(user: &str) -> bool {
     !user.is_empty() && user.len() <= 200 && !user.chars().any(char::is_control)
@@ -318,11 +439,23 @@ impl Hub {
         )
     }
 
-    /// A hub with the given broker and presence store.
+    /// A hub with the given broker and presence store, and history in memory.
     pub fn with_backends(
         config: HubConfig,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
+    ) -> Hub {
+        Hub::with_stores(config, broker, presence, Arc::new(MemoryHistory::new()))
+    }
+
+    /// A hub with the given broker, presence store and history store. The
+    /// history store must reach the same nodes as the broker (the memory store
+    /// serves one node).
+    pub fn with_stores(
+        config: HubConfig,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        history: Arc<dyn HistoryStore>,
     ) -> Hub {
         let node = NodeId::random();
         let inner = Arc::new(Inner {
@@ -337,10 +470,14 @@ impl Hub {
             users: Sharded::new(),
             broker,
             presence,
+            history,
             metrics: HubMetrics::default(),
         });
         inner
             .broker
+            .attach(node, Arc::new(Receiver(Arc::downgrade(&inner))));
+        inner
+            .history
             .attach(node, Arc::new(Receiver(Arc::downgrade(&inner))));
         Hub { inner }
     }
@@ -470,6 +607,8 @@ impl Hub {
             protocol,
             outbox,
             owns_outbox,
+            holding: AtomicBool::new(false),
+            held: Mutex::new(Holding::default()),
             meta: Mutex::new(ConnMeta {
                 user: user.clone(),
                 ..Default::default()
@@ -563,13 +702,28 @@ impl Hub {
 
     /// Sends a publication to its target on every node. Returns how many local
     /// connections it reached.
+    ///
+    /// A publication to a room with history goes through the history store,
+    /// which gives it its position and delivers it in stream order, this
+    /// node included (in a Redis cluster this node's members get it back
+    /// from Redis, and the count is 0).
     pub async fn publish(&self, publication: Publication) -> Result<usize, PublishError> {
-        let (delivered, sent) = self.publish_start(publication)?;
-        if let Some(sent) = sent {
-            sent.await
-                .map_err(|source| PublishError::Broker { delivered, source })?;
+        match self.publish_start(publication)? {
+            Started::Sent(delivered, None) => Ok(delivered),
+            Started::Sent(delivered, Some(sent)) => {
+                sent.await
+                    .map_err(|source| PublishError::Broker { delivered, source })?;
+                Ok(delivered)
+            }
+            Started::Stored(stored) => Ok(self.stored(stored.await)?.delivered),
         }
-        Ok(delivered)
+    }
+
+    fn stored(&self, r: Result<Published, HistoryError>) -> Result<Published, PublishError> {
+        r.map_err(|e| {
+            self.backend_error(&e);
+            PublishError::History(e)
+        })
     }
 
     /// Like [`publish`](Hub::publish), but returns once the publication is
@@ -579,41 +733,57 @@ impl Hub {
     /// refuses at once (a known outage), later failures are logged and counted
     /// by the broker. For clients that asked for no acknowledgement.
     pub fn publish_detached(&self, publication: Publication) -> Result<usize, PublishError> {
-        let (delivered, sent) = self.publish_start(publication)?;
-        if let Some(mut sent) = sent {
-            // Poll once: an immediate refusal is reported, anything else is left to run.
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            if let std::task::Poll::Ready(Err(source)) = sent.as_mut().poll(&mut cx) {
-                return Err(PublishError::Broker { delivered, source });
+        // Poll once: an immediate refusal is reported, anything else is left to run.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.publish_start(publication)? {
+            Started::Sent(delivered, None) => Ok(delivered),
+            Started::Sent(delivered, Some(mut sent)) => {
+                if let std::task::Poll::Ready(Err(source)) = sent.as_mut().poll(&mut cx) {
+                    return Err(PublishError::Broker { delivered, source });
+                }
+                Ok(delivered)
             }
+            Started::Stored(mut stored) => match stored.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(r) => Ok(self.stored(r)?.delivered),
+                std::task::Poll::Pending => {
+                    // It has its place in the stream's order already; the
+                    // store counts a later failure.
+                    Ok(0)
+                }
+            },
         }
-        Ok(delivered)
     }
 
-    /// Validates, delivers locally and hands the publication to the broker;
-    /// returns the local count and the broker's confirmation, if it needs one.
-    fn publish_start(
-        &self,
-        publication: Publication,
-    ) -> Result<(usize, Option<Confirmation<'_>>), PublishError> {
+    /// Validates, delivers locally and hands the publication to the broker
+    /// (or, for a room with history, to the history store, which does both).
+    fn publish_start(&self, publication: Publication) -> Result<Started<'_>, PublishError> {
         if !valid_event(&publication.event) {
             return Err(PublishError::InvalidEvent);
         }
+        let mut history = None;
         if let Target::Room(room) = &publication.target {
             validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+            history = self.inner.config.rooms.history_for(room);
         }
         self.inner
             .metrics
             .publications
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(limits) = history {
+            let stored = self
+                .inner
+                .history
+                .publish(self.inner.node, publication, &limits);
+            return Ok(Started::Stored(stored));
+        }
         let local_only =
             matches!(publication.target, Target::Conn(c) if c.node() == self.inner.node);
         let payload = Payload::Publication(Arc::new(publication));
         let delivered = self.deliver_local(&payload);
         if local_only {
-            return Ok((delivered, None));
+            return Ok(Started::Sent(delivered, None));
         }
-        Ok((delivered, Some(self.to_other_nodes(payload))))
+        Ok(Started::Sent(delivered, Some(self.to_other_nodes(payload))))
     }
 
     /// Hands an envelope to the broker now (its place in this node's order is
@@ -643,11 +813,26 @@ impl Hub {
         let mut cache = EncodeCache::new(payload);
         let mut tally = Tally::default();
         let mut delivered = 0;
+        // A positioned room publication may be held back for a connection
+        // whose join of the room is reading history.
+        let positioned = match payload {
+            Payload::Publication(p) => match (&p.target, &p.position) {
+                (Target::Room(room), Some(pos)) => Some((room.as_str(), pos)),
+                _ => None,
+            },
+            _ => None,
+        };
         let mut offer = |c: &ConnState, exclude: Option<ConnId>| {
             if Some(c.id) == exclude {
                 return;
             }
             if let Some(frame) = cache.frame(&c.protocol) {
+                if let Some((room, pos)) = positioned {
+                    if c.holding.load(Ordering::Acquire) && hold(c, room, pos, &frame) {
+                        delivered += 1;
+                        return;
+                    }
+                }
                 if tally.push(c, frame) {
                     delivered += 1;
                 }
@@ -825,8 +1010,145 @@ impl Hub {
         room: &str,
         by_server: bool,
     ) -> Result<bool, JoinError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        if self.inner.config.rooms.history_for(room).is_none() {
+            return self.enter(c, room, by_server).await;
+        }
+        let r = self
+            .enter_rooms(c, vec![(room.to_owned(), Since::Latest)], by_server, None)
+            .await?;
+        Ok(r.first().is_some_and(|r| r.joined))
+    }
+
+    /// Joins rooms, replaying history where `Since` asks for it.
+    ///
+    /// Live publications of the rooms with history are held back while their
+    /// streams are read (after the join, so nothing falls between); then the
+    /// `reply` frames, the missed publications (in sequence order) and the
+    /// held ones newer than what was read go to the outbox back to back. The
+    /// connection ends up with every publication after the position it is
+    /// told, once, in order.
+    async fn enter_rooms(
+        &self,
+        c: &Arc<ConnState>,
+        requests: Vec<(String, Since)>,
+        by_server: bool,
+        reply: Option<ReplyFn<'_>>,
+    ) -> Result<Vec<Recovery>, JoinError> {
         let inner = &self.inner;
-        validate_room_name(room, inner.config.max_room_name_bytes)?;
+        for (room, _) in &requests {
+            validate_room_name(room, inner.config.max_room_name_bytes)?;
+        }
+        let plan: Vec<(String, Since, Option<HistoryLimits>)> = requests
+            .into_iter()
+            .map(|(room, since)| {
+                let limits = inner.config.rooms.history_for(&room);
+                (room, since, limits)
+            })
+            .collect();
+        let held: Vec<&str> = plan
+            .iter()
+            .filter(|(_, _, l)| l.is_some())
+            .map(|(r, _, _)| r.as_str())
+            .collect();
+        if !held.is_empty() {
+            if c.meta().closed {
+                return Err(JoinError::Closed);
+            }
+            c.held().rooms.extend(held.iter().map(|r| (*r).to_owned()));
+            c.holding.store(true, Ordering::Release);
+        }
+        let mut joined = Vec::with_capacity(plan.len());
+        for (room, _, _) in &plan {
+            match self.enter(c, room, by_server).await {
+                Ok(j) => joined.push(j),
+                Err(e) => {
+                    // Rooms joined so far keep what was held for them.
+                    let mut h = c.held();
+                    let frames = release(&mut h, c, &held, |_| true);
+                    let _ = c.outbox.push_all(frames);
+                    return Err(e);
+                }
+            }
+        }
+        let mut pages: Vec<Option<Result<HistoryPage, HistoryError>>> =
+            Vec::with_capacity(plan.len());
+        for (room, since, limits) in &plan {
+            pages.push(match limits {
+                Some(l) => Some(inner.history.read(room, since, l.size, l).await),
+                None => None,
+            });
+        }
+        let mut recoveries = Vec::with_capacity(plan.len());
+        let mut replay: Vec<Arc<Publication>> = Vec::new();
+        for (((room, since, limits), joined), page) in plan.iter().zip(joined).zip(pages) {
+            let (position, recovered) = match page {
+                None => (None, matches!(since, Since::Latest)),
+                Some(Ok(page)) => {
+                    if page.complete {
+                        replay.extend(page.publications);
+                    }
+                    (page.position, page.complete)
+                }
+                Some(Err(e)) => {
+                    self.backend_error(&e);
+                    (None, false)
+                }
+            };
+            recoveries.push(Recovery {
+                room: room.clone(),
+                joined,
+                history: limits.is_some(),
+                position,
+                recovered,
+            });
+        }
+        replay.sort_by_key(|p| p.position.as_ref().map_or(0, |s| s.seq));
+        {
+            let mut meta = c.meta();
+            for r in &recoveries {
+                if let Some(p) = &r.position {
+                    meta.marks.insert(r.room.clone(), p.clone());
+                }
+            }
+        }
+        let mut h = c.held();
+        let mut out = match reply {
+            Some(reply) => reply(&recoveries),
+            None => Vec::new(),
+        };
+        out.extend(
+            replay
+                .iter()
+                .filter(|p| p.exclude != Some(c.id))
+                .map(|p| c.protocol.encode_publication(p)),
+        );
+        let newer = |h: &Held| match recoveries.iter().find(|r| r.room == h.room) {
+            Some(Recovery {
+                position: Some(top),
+                ..
+            }) => h.position.epoch != top.epoch || h.position.offset > top.offset,
+            _ => true,
+        };
+        out.extend(release(&mut h, c, &held, newer));
+        if c.outbox.push_all(out) == Err(PushError::Overflow) {
+            inner
+                .metrics
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        drop(h);
+        Ok(recoveries)
+    }
+
+    /// Joins a room, the raw way: no history.
+    async fn enter(
+        &self,
+        c: &Arc<ConnState>,
+        room: &str,
+        by_server: bool,
+    ) -> Result<bool, JoinError> {
+        let inner = &self.inner;
         let rule = inner.config.rooms.for_room(room);
         {
             let mut meta = c.meta();
@@ -907,6 +1229,7 @@ impl Hub {
             let mut meta = c.meta();
             let before = meta.rooms.len();
             meta.rooms.retain(|r| r != room);
+            meta.marks.remove(room);
             (meta.user.clone(), meta.rooms.len() != before)
         };
         if !was_in {
@@ -979,6 +1302,38 @@ impl Hub {
         tracing::warn!(error = %e, "presence or broker call failed");
     }
 
+    /// A room's history after `since`, at most `limit` publications.
+    pub async fn history(
+        &self,
+        room: &str,
+        since: &Since,
+        limit: usize,
+    ) -> Result<HistoryPage, QueryError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        let limits = self
+            .inner
+            .config
+            .rooms
+            .history_for(room)
+            .ok_or(QueryError::NoHistory)?;
+        Ok(self
+            .inner
+            .history
+            .read(room, since, limit.min(limits.size), &limits)
+            .await?)
+    }
+
+    /// Removes a room's history; its next publication starts a new epoch.
+    pub async fn remove_history(&self, room: &str) -> Result<(), QueryError> {
+        validate_room_name(room, self.inner.config.max_room_name_bytes)?;
+        Ok(self.inner.history.remove(room).await?)
+    }
+
+    /// The history store (it also keeps Socket.IO recovery sessions).
+    pub fn history_store(&self) -> &Arc<dyn HistoryStore> {
+        &self.inner.history
+    }
+
     /// Who is in a room, on every node.
     pub async fn room_presence(&self, room: &str) -> Result<RoomPresence, QueryError> {
         validate_room_name(room, self.inner.config.max_room_name_bytes)?;
@@ -1011,7 +1366,10 @@ impl Hub {
     /// How the broker and the presence store are doing; the first problem wins.
     pub fn backend_health(&self) -> Health {
         match self.inner.broker.health() {
-            Health::Ok => self.inner.presence.health(),
+            Health::Ok => match self.inner.presence.health() {
+                Health::Ok => self.inner.history.health(),
+                bad => bad,
+            },
             bad => bad,
         }
     }
@@ -1153,6 +1511,48 @@ impl Connection {
     /// Joins a room. Returns false if the connection was in it already.
     pub async fn join(&self, room: &str) -> Result<bool, JoinError> {
         self.hub.join_state(&self.state, room, false).await
+    }
+
+    /// Joins a room and replays its history after `since`; `reply` builds
+    /// the frame that goes to the client before the replay (an answer telling
+    /// whether the recovery worked). Publications after the position in the
+    /// returned [`Recovery`] follow live, without duplicates or gaps.
+    pub async fn join_since(
+        &self,
+        room: &str,
+        since: Since,
+        reply: impl FnOnce(&Recovery) -> Option<Frame> + Send,
+    ) -> Result<Recovery, JoinError> {
+        let reply: ReplyFn<'_> =
+            Box::new(move |r: &[Recovery]| r.first().and_then(reply).into_iter().collect());
+        let mut r = self
+            .hub
+            .enter_rooms(
+                &self.state,
+                vec![(room.to_owned(), since)],
+                false,
+                Some(reply),
+            )
+            .await?;
+        Ok(r.remove(0))
+    }
+
+    /// Joins several rooms at once, replaying each one's history after its
+    /// `Since`, all merged in sequence order; `reply` builds the frames that
+    /// go before the replay. See [`join_since`](Connection::join_since).
+    pub async fn rejoin(
+        &self,
+        rooms: Vec<(String, Since)>,
+        reply: impl FnOnce(&[Recovery]) -> Vec<Frame> + Send,
+    ) -> Result<Vec<Recovery>, JoinError> {
+        self.hub
+            .enter_rooms(&self.state, rooms, false, Some(Box::new(reply)))
+            .await
+    }
+
+    /// Where the connection joined each room with history (see [`Recovery::position`]).
+    pub fn marks(&self) -> HashMap<String, StreamPosition> {
+        self.state.meta().marks.clone()
     }
 
     /// Leaves a room. Returns false if the connection was not in it.

@@ -18,6 +18,9 @@
 //!   [`MemoryBroker`](broker::MemoryBroker), with the shared test suite.
 //! - [`presence`]: the presence seam ([`PresenceStore`](presence::PresenceStore))
 //!   and [`MemoryPresence`](presence::MemoryPresence), with the shared test suite.
+//! - [`history`]: the history seam ([`HistoryStore`](history::HistoryStore))
+//!   and [`MemoryHistory`](history::MemoryHistory), with the shared test
+//!   suite: bounded room streams, delivery in stream order, recovery reads.
 //! - [`Publication`], [`Envelope`] (`message.rs`): protocol-neutral messages;
 //!   a publication has a slot for its history position.
 //! - [`Disconnect`] (`disconnect.rs`): the close-code table.
@@ -61,6 +64,7 @@ pub mod broker;
 mod disconnect;
 pub mod error;
 mod frame;
+pub mod history;
 mod hub;
 mod id;
 mod message;
@@ -74,7 +78,9 @@ use std::pin::Pin;
 
 pub use disconnect::Disconnect;
 pub use frame::Frame;
-pub use hub::{valid_user, ConnInfo, Connection, Hub, HubConfig, HubMetrics, Selection, WeakHub};
+pub use hub::{
+    valid_user, ConnInfo, Connection, Hub, HubConfig, HubMetrics, Recovery, Selection, WeakHub,
+};
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{
     json_depth_within, Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Route,

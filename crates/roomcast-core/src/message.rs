@@ -38,6 +38,9 @@ pub struct StreamPosition {
     pub offset: u64,
     /// Changes whenever the stream was lost and restarted.
     pub epoch: Arc<str>,
+    /// The history store's sequence number: orders publications across rooms
+    /// (Socket.IO clients resume from it).
+    pub seq: u64,
 }
 
 /// One message for clients: an event name and JSON data, sent to a [`Target`].

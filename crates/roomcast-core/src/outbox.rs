@@ -50,6 +50,11 @@ impl Outbox {
         }
     }
 
+    /// The most bytes it holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Queues a frame, or closes the outbox as a slow consumer if it would pass the limit.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
         self.enqueue(frame.len(), |q| q.push_back(frame))

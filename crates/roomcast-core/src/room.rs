@@ -1,6 +1,10 @@
 //! Room names and the per-pattern rules that apply to rooms.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::history::HistoryLimits;
 
 /// The longest room name allowed when nothing else is configured.
 pub const DEFAULT_MAX_ROOM_NAME: usize = 200;
@@ -95,6 +99,14 @@ pub struct RoomRule {
     /// The most connections the room may hold; 0 means no limit. Default: 0.
     #[serde(default)]
     pub max_members: usize,
+    /// Publications the room's history keeps; 0 keeps none. Default: the
+    /// server-wide `history.size` (0 unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<usize>,
+    /// Seconds a publication stays in the room's history. Default: the
+    /// server-wide `history.ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_ttl: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -111,6 +123,8 @@ impl RoomRule {
             join_leave_events: true,
             presence: true,
             max_members: 0,
+            history_size: None,
+            history_ttl: None,
         }
     }
 
@@ -153,7 +167,11 @@ pub const USER_PLACEHOLDER: &str = "#{user}";
 pub struct RoomRules {
     rules: Vec<RoomRule>,
     fallback: RoomRule,
+    history: HistoryLimits,
 }
+
+/// The history ttl when neither a rule nor the server-wide setting gives one.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 
 impl Default for RoomRules {
     fn default() -> Self {
@@ -167,7 +185,44 @@ impl RoomRules {
         RoomRules {
             rules,
             fallback: RoomRule::default_for("*"),
+            history: HistoryLimits {
+                size: 0,
+                ttl: DEFAULT_HISTORY_TTL,
+            },
         }
+    }
+
+    /// Sets the history every room keeps unless its rule says otherwise
+    /// (`size` 0: none).
+    pub fn with_history(mut self, limits: HistoryLimits) -> RoomRules {
+        self.history = limits;
+        self
+    }
+
+    /// The history `room` keeps, if any.
+    pub fn history_for(&self, room: &str) -> Option<HistoryLimits> {
+        let rule = self.for_room(room);
+        let size = rule.history_size.unwrap_or(self.history.size);
+        if size == 0 {
+            return None;
+        }
+        let ttl = rule
+            .history_ttl
+            .map(Duration::from_secs)
+            .unwrap_or(self.history.ttl);
+        Some(HistoryLimits {
+            size,
+            ttl: if ttl.is_zero() {
+                DEFAULT_HISTORY_TTL
+            } else {
+                ttl
+            },
+        })
+    }
+
+    /// Whether any room may keep history.
+    pub fn any_history(&self) -> bool {
+        self.history.size > 0 || self.rules.iter().any(|r| r.history_size.unwrap_or(0) > 0)
     }
 
     /// The rule that applies to `room`.

@@ -101,8 +101,10 @@ impl Broker for RedisBroker {
         }
         let (done, sent) = oneshot::channel();
         let queued = self.shared.outgoing.try_send(Outgoing {
-            channel: self.channel(envelope.route()),
-            bytes: wire::encode(&envelope),
+            what: What::Publish {
+                channel: self.channel(envelope.route()),
+                bytes: wire::encode(&envelope),
+            },
             done,
         });
         if let Err(e) = queued {
@@ -114,8 +116,8 @@ impl Broker for RedisBroker {
         }
         Box::pin(async move {
             match sent.await {
-                Ok(r) => r.map_err(BrokerError),
-                Err(_) => Err(BrokerError("redis publisher stopped".into())),
+                Ok(Reply::Sent(r)) => r.map_err(BrokerError),
+                _ => Err(BrokerError("redis publisher stopped".into())),
             }
         })
     }
@@ -218,12 +220,36 @@ impl Broker for RedisBroker {
     }
 }
 
-/// One envelope waiting for the publisher task.
+/// One envelope (or history append) waiting for the publisher task.
 pub(crate) struct Outgoing {
-    channel: String,
-    bytes: Vec<u8>,
-    /// Told how the batch went.
-    done: oneshot::Sender<Result<(), String>>,
+    what: What,
+    /// Told how it went.
+    done: oneshot::Sender<Reply>,
+}
+
+pub(crate) enum What {
+    /// PUBLISH an envelope on a channel.
+    Publish { channel: String, bytes: Vec<u8> },
+    /// Run a script that appends to a room's history and publishes.
+    Script(redis::Cmd),
+}
+
+/// How an [`Outgoing`] went.
+pub(crate) enum Reply {
+    /// Its batch was sent (or not).
+    Sent(Result<(), String>),
+    /// The script's answer.
+    Value(Result<redis::Value, String>),
+}
+
+impl Outgoing {
+    /// A history append, answered with the script's value.
+    pub(crate) fn script(cmd: redis::Cmd, done: oneshot::Sender<Reply>) -> Outgoing {
+        Outgoing {
+            what: What::Script(cmd),
+            done,
+        }
+    }
 }
 
 /// The most envelopes one pipelined batch carries.
@@ -248,8 +274,22 @@ pub(crate) async fn publisher(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<
             Ok(conn) => send(&shared, conn, &batch).await,
             Err(e) => Err(e),
         };
+        let mut values = match &sent {
+            Ok(v) => v.clone().into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        let sent = sent.map(|_| ());
         for item in batch.drain(..) {
-            let _ = item.done.send(sent.clone());
+            let reply = match item.what {
+                What::Publish { .. } => Reply::Sent(sent.clone()),
+                What::Script(_) => Reply::Value(match &sent {
+                    Ok(()) => values
+                        .next()
+                        .ok_or_else(|| "redis gave no answer".to_owned()),
+                    Err(e) => Err(e.clone()),
+                }),
+            };
+            let _ = item.done.send(reply);
         }
         match sent {
             Ok(()) => {
@@ -267,36 +307,48 @@ pub(crate) async fn publisher(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<
 /// Sends a batch: one pipeline to a single server; in a cluster, where one
 /// pipeline cannot span hash slots, one command per envelope, all in flight
 /// at once (each shard's connection keeps them in order per channel).
+/// Returns the scripts' answers, in order.
 async fn send(
     shared: &Shared,
     mut conn: crate::Commands,
     batch: &[Outgoing],
-) -> Result<(), String> {
+) -> Result<Vec<redis::Value>, String> {
     let cmd = shared.publish_cmd();
     if !shared.config.cluster {
         let mut pipe = redis::pipe();
         for item in batch {
-            pipe.cmd(cmd).arg(&item.channel).arg(&item.bytes).ignore();
+            match &item.what {
+                What::Publish { channel, bytes } => {
+                    pipe.cmd(cmd).arg(channel).arg(bytes).ignore();
+                }
+                What::Script(script) => {
+                    pipe.add_command(script.clone());
+                }
+            }
         }
         return pipe
-            .query_async::<()>(&mut conn)
+            .query_async::<Vec<redis::Value>>(&mut conn)
             .await
             .map_err(|e| e.to_string());
     }
-    let sends = batch.iter().map(|item| {
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd(cmd)
-                .arg(&item.channel)
-                .arg(&item.bytes)
-                .query_async::<()>(&mut conn)
-                .await
+    let sends = batch.iter().filter_map(|item| match &item.what {
+        What::Publish { channel, bytes } => {
+            let mut conn = conn.clone();
+            Some(async move {
+                redis::cmd(cmd)
+                    .arg(channel)
+                    .arg(bytes)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
         }
+        // History refuses to start in a cluster.
+        What::Script(_) => None,
     });
     let results = futures_util::future::join_all(sends).await;
     match results.into_iter().find_map(Result::err) {
         Some(e) => Err(e.to_string()),
-        None => Ok(()),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -574,6 +626,10 @@ pub(crate) fn settle(
     want
 }
 
+fn positioned(env: &Envelope) -> bool {
+    matches!(&env.payload, roomcast_core::Payload::Publication(p) if p.position.is_some())
+}
+
 /// One message from Redis: an envelope from another node, or an emitter's.
 pub(crate) fn dispatch(
     shared: &Shared,
@@ -592,7 +648,9 @@ pub(crate) fn dispatch(
         return;
     }
     match wire::decode(payload) {
-        Ok(env) if env.origin == node => {}
+        // A node's own envelopes come back only from the history script,
+        // which delivers to every node, this one included.
+        Ok(env) if env.origin == node && !positioned(&env) => {}
         Ok(env) => {
             shared.metrics.received.fetch_add(1, Ordering::Relaxed);
             sink.receive(env);

@@ -12,6 +12,9 @@
 //!   connection serve both backends.
 //! - [`RedisBroker`] (`broker.rs`): channel per room, per user, per node, plus
 //!   one for broadcasts; a node subscribes only to what its connections need.
+//! - [`RedisHistory`] (`history.rs`): room streams (Redis streams) appended
+//!   and published by one script, so every node sees them in stream order;
+//!   Socket.IO recovery sessions.
 //! - [`RedisPresence`] (`presence.rs`): cluster-wide presence kept by Lua
 //!   scripts; node heartbeats with a TTL, and reaping of dead nodes' entries.
 //! - `wire.rs`: the envelope encoding between nodes.
@@ -33,6 +36,7 @@
 mod broker;
 mod cluster;
 pub mod emitter;
+mod history;
 mod presence;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -46,6 +50,7 @@ use roomcast_core::broker::EnvelopeSink;
 use roomcast_core::NodeId;
 
 pub use broker::RedisBroker;
+pub use history::RedisHistory;
 pub use presence::RedisPresence;
 
 /// Settings of the Redis backends. [`RedisConfig::new`] gives the documented defaults.
@@ -68,6 +73,9 @@ pub struct RedisConfig {
     /// sharded pub/sub (SPUBLISH/SSUBSCRIBE), presence keys share one hash slot.
     /// Default false: one Redis server.
     pub cluster: bool,
+    /// How long a room's history position (epoch, top offset) outlives its
+    /// last publication. Default 1 day.
+    pub history_meta_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -81,6 +89,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
             cluster: false,
+            history_meta_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -319,6 +328,12 @@ impl Redis {
     /// The broker, for [`Hub::with_backends`](roomcast_core::Hub::with_backends).
     pub fn broker(&self) -> RedisBroker {
         RedisBroker::new(self.shared.clone())
+    }
+
+    /// The history store, for [`Hub::with_stores`](roomcast_core::Hub::with_stores):
+    /// room streams in Redis, shared by every node (a single Redis server only).
+    pub fn history(&self) -> RedisHistory {
+        RedisHistory::new(self.shared.clone(), self.shared.config.history_meta_ttl)
     }
 
     /// The presence store, for [`Hub::with_backends`](roomcast_core::Hub::with_backends).

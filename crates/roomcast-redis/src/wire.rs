@@ -59,6 +59,8 @@ struct Wire<'a> {
     offset: Option<u64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     epoch: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     /// Presence: `true` for a join, `false` for a leave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     joined: Option<bool>,
@@ -90,6 +92,7 @@ impl<'a> Wire<'a> {
             spread: false,
             offset: None,
             epoch: None,
+            seq: None,
             joined: None,
             code: None,
             reason: None,
@@ -126,6 +129,7 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
             if let Some(pos) = &p.position {
                 w.offset = Some(pos.offset);
                 w.epoch = Some(Cow::Borrowed(&pos.epoch));
+                w.seq = Some(pos.seq);
             }
         }
         Payload::Presence(e) => {
@@ -209,6 +213,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
                 (Some(offset), Some(epoch)) => Some(StreamPosition {
                     offset,
                     epoch: Arc::from(&**epoch),
+                    seq: w.seq.unwrap_or(0),
                 }),
                 _ => None,
             };
@@ -275,6 +280,7 @@ mod tests {
         p.position = Some(StreamPosition {
             offset: 42,
             epoch: "ep".into(),
+            seq: 7,
         });
         let env = round_trip(Envelope {
             origin: NodeId(0x0100_0042),

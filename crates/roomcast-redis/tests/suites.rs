@@ -82,3 +82,39 @@ struct NoHub;
 impl roomcast_core::broker::EnvelopeSink for NoHub {
     fn receive(&self, _: roomcast_core::Envelope) {}
 }
+
+#[tokio::test]
+async fn redis_history_passes_the_shared_suite() {
+    use roomcast_core::broker::Broker;
+    use roomcast_core::history;
+    use roomcast_redis::RedisHistory;
+    use std::sync::Mutex;
+
+    let server = RedisServer::start();
+    let url = server.url();
+    // Each store's Redis handle, to subscribe its node the way a hub's joins do.
+    let made: Mutex<Vec<(Arc<RedisHistory>, Redis)>> = Mutex::default();
+    history::suite::run(
+        "suite",
+        || {
+            let redis = Redis::start(config(&url, "hist")).unwrap();
+            let store = Arc::new(redis.history());
+            made.lock().unwrap().push((store.clone(), redis));
+            store
+        },
+        |store, node, room| {
+            let redis = made
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(s, _)| Arc::ptr_eq(s, &store))
+                .map(|(_, r)| r.clone())
+                .unwrap();
+            async move {
+                redis.connected().await;
+                redis.broker().subscribe_room(node, &room).await.unwrap();
+            }
+        },
+    )
+    .await;
+}

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use roomcast_core::error::{JoinError, LeaveError, PublishError, QueryError};
+use roomcast_core::history::Since;
 use roomcast_core::room::RoomNameError;
 use roomcast_core::{ConnId, Disconnect, Publication, Target, Who};
 
@@ -77,7 +78,7 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::InvalidRoom(e) => room_error("room", e),
             PublishError::InvalidEvent => ApiError::field("invalid_event", "event", e),
-            PublishError::Broker { .. } => {
+            PublishError::Broker { .. } | PublishError::History(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
             }
         }
@@ -107,7 +108,8 @@ impl From<QueryError> for ApiError {
         match e {
             QueryError::InvalidRoom(e) => room_error("room", e),
             QueryError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e),
-            QueryError::Presence(e) => {
+            QueryError::NoHistory => ApiError::new(StatusCode::NOT_FOUND, "no_history", e),
+            QueryError::Presence(_) | QueryError::History(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
             }
         }
@@ -376,6 +378,84 @@ async fn presence(
     })))
 }
 
+/// `GET /api/history/{room}?since=N&epoch=E&limit=L`: what the room's history
+/// holds after offset `since` (default: all of it), oldest first.
+async fn history(
+    State(s): State<Server>,
+    Path(room): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (mut since, mut epoch, mut limit) = (None, None, 100usize);
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |field: &str| {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::field(
+                    "bad_request",
+                    field,
+                    format!("{field} must be a non-negative integer"),
+                )
+            })
+        };
+        match key {
+            "since" => since = Some(number("since")?),
+            "limit" => limit = number("limit")?.clamp(1, 1000) as usize,
+            "epoch" => epoch = Some(value.to_owned()),
+            other => {
+                return Err(ApiError::field(
+                    "bad_request",
+                    other,
+                    format!("unknown query parameter `{other}` (known: since, epoch, limit)"),
+                ))
+            }
+        }
+    }
+    let hub = s.hub();
+    let top = hub.history(&room, &Since::Latest, 0).await?.position;
+    let Some(top) = top else {
+        return Ok(Json(json!({
+            "room": room, "epoch": null, "offset": 0, "complete": true, "publications": [],
+        })));
+    };
+    let epoch = epoch.unwrap_or_else(|| top.epoch.to_string());
+    let since = Since::Offset {
+        offset: since.unwrap_or(0),
+        epoch,
+    };
+    let page = hub.history(&room, &since, limit).await?;
+    let publications: Vec<Value> = page
+        .publications
+        .iter()
+        .map(|p| {
+            let mut m = crate::native::message_fields(p);
+            m.remove("type");
+            Value::Object(m)
+        })
+        .collect();
+    Ok(Json(json!({
+        "room": room,
+        "epoch": page.position.as_ref().map(|p| &*p.epoch),
+        "offset": page.position.as_ref().map_or(0, |p| p.offset),
+        "complete": page.complete,
+        "publications": publications,
+    })))
+}
+
+/// `DELETE /api/history/{room}`: forget the room's history; its next
+/// publication starts a new epoch (clients resuming are told `recovered: false`).
+async fn delete_history(
+    State(s): State<Server>,
+    Path(room): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.hub().remove_history(&room).await?;
+    Ok(Json(json!({ "room": room, "removed": true })))
+}
+
 async fn rooms(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "rooms": s.hub().rooms().await? })))
 }
@@ -539,6 +619,7 @@ pub(crate) fn routes(server: &Server) -> Router<Server> {
         .route("/close_room", post(close_room))
         .route("/disconnect", post(disconnect))
         .route("/presence/{room}", get(presence))
+        .route("/history/{room}", get(history).delete(delete_history))
         .route("/rooms", get(rooms))
         .route("/users/{user}", get(user))
         .route("/connections/{conn}", get(connection))

@@ -40,8 +40,34 @@ pub struct Config {
     pub socketio: SocketIoSettings,
     /// How nodes of a cluster reach each other, and Socket.IO emitters on Redis.
     pub broker: BrokerConfig,
+    /// Room history, for clients that reconnect.
+    pub history: HistoryConfig,
     /// Per-room rules, first match wins; rooms no rule matches get the defaults.
     pub rooms: Vec<RoomRule>,
+}
+
+/// `[history]`: what rooms keep for clients that reconnect (see `docs/recovery.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Publications every room keeps, unless its rule's `history_size` says
+    /// otherwise; 0 keeps none. Default: 0.
+    pub size: usize,
+    /// Seconds a publication is kept, unless a rule's `history_ttl` says otherwise. Default: 300.
+    pub ttl: u64,
+    /// Seconds a room's stream position (epoch and offset) outlives its last
+    /// publication. Default: 86400.
+    pub meta_ttl: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 0,
+            ttl: 300,
+            meta_ttl: 86_400,
+        }
+    }
 }
 
 impl Default for Config {
@@ -59,6 +85,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             socketio: SocketIoSettings::default(),
             broker: BrokerConfig::default(),
+            history: HistoryConfig::default(),
             rooms: Vec::new(),
         }
     }
@@ -537,6 +564,10 @@ pub struct SocketIoSettings {
     pub builtin_events: bool,
     /// Prefix of the built-in events. Default: `roomcast:`.
     pub event_prefix: String,
+    /// Connection-state recovery: a client that reconnects within this many
+    /// milliseconds gets its socket id, rooms and data back, and what it
+    /// missed in rooms with history; 0 turns it off. Default: 0.
+    pub recovery_ms: u64,
 }
 
 impl Default for SocketIoSettings {
@@ -552,6 +583,7 @@ impl Default for SocketIoSettings {
             cors_origins: Vec::new(),
             builtin_events: false,
             event_prefix: "roomcast:".to_owned(),
+            recovery_ms: 0,
         }
     }
 }
@@ -670,7 +702,12 @@ impl Config {
             max_rooms_per_connection: self.limits.max_rooms_per_connection,
             max_room_name_bytes: self.limits.max_room_name_bytes,
             max_session_bytes: self.limits.max_session_bytes,
-            rooms: RoomRules::new(self.rooms.clone()),
+            rooms: RoomRules::new(self.rooms.clone()).with_history(
+                roomcast_core::history::HistoryLimits {
+                    size: self.history.size,
+                    ttl: Duration::from_secs(self.history.ttl),
+                },
+            ),
         }
     }
 
@@ -760,6 +797,19 @@ impl Config {
             if rule.pattern.is_empty() {
                 return Err(format!("rooms[{i}].pattern must not be empty"));
             }
+            if rule.history_ttl == Some(0) {
+                return Err(format!("rooms[{i}].history_ttl must be greater than 0"));
+            }
+        }
+        if self.history.ttl == 0 || self.history.meta_ttl == 0 {
+            return Err("history.ttl and history.meta_ttl must be greater than 0".to_owned());
+        }
+        let history = self.hub_config().rooms.any_history();
+        if history && self.broker.cluster {
+            return Err("history needs a single Redis server: it does not work with broker.cluster = true yet".to_owned());
+        }
+        if sio.recovery_ms > 0 && !history {
+            return Err("socketio.recovery_ms replays rooms with history: set history.size (or a rule's history_size) too".to_owned());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use roomcast_core::history::Since;
 use roomcast_core::{Disconnect, Frame, PresenceEvent, Protocol, Publication, Target};
 
 /// A client command, with the reply id it asked for.
@@ -44,10 +45,12 @@ pub enum ClientCommand {
         /// The data.
         data: Value,
     },
-    /// Join a room.
+    /// Join a room, replaying what was published after `since` (rooms with history).
     Join {
         /// The room.
         room: String,
+        /// The last position the client has.
+        since: Option<Since>,
     },
     /// Leave a room.
     Leave {
@@ -117,6 +120,15 @@ struct Raw {
     event: Option<String>,
     data: Option<Box<RawValue>>,
     exclude_self: Option<bool>,
+    since: Option<RawSince>,
+}
+
+/// `"since":{"offset":N,"epoch":"..."}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince {
+    offset: u64,
+    epoch: String,
 }
 
 fn json_value(raw: &RawValue) -> Value {
@@ -201,7 +213,13 @@ pub fn decode(text: &str) -> Result<Request, DecodeError> {
             event: event()?,
             data: raw.data.as_deref().map(json_value).unwrap_or(Value::Null),
         },
-        "join" => ClientCommand::Join { room: room()? },
+        "join" => ClientCommand::Join {
+            room: room()?,
+            since: raw.since.map(|s| Since::Offset {
+                offset: s.offset,
+                epoch: s.epoch,
+            }),
+        },
         "leave" => ClientCommand::Leave { room: room()? },
         "publish" => ClientCommand::Publish {
             room: room()?,
@@ -276,13 +294,26 @@ struct MessageOut<'a> {
 
 /// `{"type":"message",...}` for a publication.
 pub fn encode_message(p: &Publication) -> Frame {
+    to_frame(&message_out(p))
+}
+
+/// The fields of a publication's `message` frame, as a JSON object (the HTTP
+/// API's history shows publications this way).
+pub fn message_fields(p: &Publication) -> Map<String, Value> {
+    match serde_json::to_value(message_out(p)) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn message_out(p: &Publication) -> MessageOut<'_> {
     let (room, user, conn) = match &p.target {
         Target::Room(r) => (Some(r.as_str()), None, None),
         Target::User(u) => (None, Some(u.as_str()), None),
         Target::Conn(c) => (None, None, Some(c.to_string())),
         Target::All => (None, None, None),
     };
-    to_frame(&MessageOut {
+    MessageOut {
         ty: "message",
         room,
         user,
@@ -295,7 +326,7 @@ pub fn encode_message(p: &Publication) -> Frame {
         }),
         offset: p.position.as_ref().map(|s| s.offset),
         epoch: p.position.as_ref().map(|s| &*s.epoch),
-    })
+    }
 }
 
 /// `{"type":"presence","room":...,"event":"join"|"leave","user":...,"conn":...}`.
@@ -379,7 +410,15 @@ mod tests {
     fn decodes_every_command() {
         let r = decode(r#"{"type":"join","room":"lobby","id":7}"#).unwrap();
         assert_eq!(r.id, Some(7));
-        assert!(matches!(r.command, ClientCommand::Join { room } if room == "lobby"));
+        assert!(matches!(r.command, ClientCommand::Join { room, since: None } if room == "lobby"));
+        let r = decode(r#"{"type":"join","room":"h","since":{"offset":4,"epoch":"e"}}"#).unwrap();
+        assert!(matches!(
+            r.command,
+            ClientCommand::Join { since: Some(Since::Offset { offset: 4, ref epoch }), .. } if epoch == "e"
+        ));
+        let e =
+            decode(r#"{"type":"join","room":"h","since":{"offset":-1,"epoch":"e"}}"#).unwrap_err();
+        assert!(e.message.contains("since.offset"), "{}", e.message);
         let r = decode(r#"{"type":"publish","room":"r","event":"chat","data":{"a":[1,2]},"exclude_self":true}"#).unwrap();
         match r.command {
             ClientCommand::Publish {
@@ -500,6 +539,7 @@ mod tests {
         p.position = Some(StreamPosition {
             offset: 5,
             epoch: "e1".into(),
+            seq: 9,
         });
         assert_eq!(
             text(encode_message(&p)),

@@ -81,7 +81,14 @@ impl Server {
     pub fn try_new(config: Config) -> Result<Server, StartError> {
         let b = &config.broker;
         if b.url.is_empty() {
-            let hub = Hub::new(config.hub_config());
+            let hub = Hub::with_stores(
+                config.hub_config(),
+                Arc::new(roomcast_core::broker::MemoryBroker::new()),
+                Arc::new(roomcast_core::presence::MemoryPresence::new()),
+                Arc::new(roomcast_core::history::MemoryHistory::with_meta_ttl(
+                    Duration::from_secs(config.history.meta_ttl),
+                )),
+            );
             return Server::try_with_hub(config, hub);
         }
         let mut rc = roomcast_redis::RedisConfig::new(&b.url);
@@ -89,11 +96,13 @@ impl Server {
         rc.cluster = b.cluster;
         rc.heartbeat = Duration::from_millis(b.heartbeat_ms);
         rc.node_ttl = Duration::from_millis(b.node_ttl_ms);
+        rc.history_meta_ttl = Duration::from_secs(config.history.meta_ttl);
         let redis = roomcast_redis::Redis::start(rc)?;
-        let hub = Hub::with_backends(
+        let hub = Hub::with_stores(
             config.hub_config(),
             Arc::new(redis.broker()),
             Arc::new(redis.presence()),
+            Arc::new(redis.history()),
         );
         let emitters = b.emitter_list().unwrap_or_default();
         if !emitters.is_empty() {

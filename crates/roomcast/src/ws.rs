@@ -11,7 +11,8 @@ use serde_json::json;
 use tokio::time::{sleep_until, Instant};
 
 use roomcast_core::error::{AuthError, JoinError, LeaveError, PublishError, QueryError};
-use roomcast_core::{Connection, Disconnect, Frame, Publication, Target};
+use roomcast_core::history::Since;
+use roomcast_core::{Connection, Disconnect, Frame, Publication, Recovery, Target};
 
 use std::sync::Arc;
 
@@ -100,7 +101,7 @@ impl From<PublishError> for Refusal {
         let code = match e {
             PublishError::InvalidRoom(_) => "invalid_room",
             PublishError::InvalidEvent => "invalid_event",
-            PublishError::Broker { .. } => "backend_unavailable",
+            PublishError::Broker { .. } | PublishError::History(_) => "backend_unavailable",
         };
         Refusal::new(code, e)
     }
@@ -111,7 +112,8 @@ impl From<QueryError> for Refusal {
         let code = match e {
             QueryError::InvalidRoom(_) => "invalid_room",
             QueryError::Forbidden => "forbidden",
-            QueryError::Presence(_) => "backend_unavailable",
+            QueryError::NoHistory => "no_history",
+            QueryError::Presence(_) | QueryError::History(_) => "backend_unavailable",
         };
         Refusal::new(code, e)
     }
@@ -459,6 +461,12 @@ impl Task {
                 return Inbound::Continue;
             }
         };
+        if let ClientCommand::Join { room, since } = command {
+            if let Err(r) = self.join(id, room, since).await {
+                self.refuse(id, r);
+            }
+            return Inbound::Continue;
+        }
         match self.execute(command, id.is_some()).await {
             Ok(Some(fields)) => {
                 if let Some(id) = id {
@@ -476,6 +484,41 @@ impl Task {
             Err(r) => self.refuse(id, r),
         }
         Inbound::Continue
+    }
+
+    /// Joins a room. In a room with history the ack carries the position
+    /// the client is at (`offset`, `epoch`) and, when it asked to resume
+    /// (`since`), whether it got everything it missed (`recovered`); the ack
+    /// goes before the missed publications, which go before live ones.
+    async fn join(
+        &mut self,
+        id: Option<u64>,
+        room: String,
+        since: Option<Since>,
+    ) -> Result<(), Refusal> {
+        let s = self.server.inner();
+        let conn = &self.conn;
+        s.access.may_join(conn, &self.state, &room).await?;
+        let asked = since.is_some();
+        let reply = |r: &Recovery| {
+            let id = id?;
+            let mut fields = json!({ "room": r.room, "joined": r.joined });
+            if let Some(p) = &r.position {
+                fields["offset"] = p.offset.into();
+                fields["epoch"] = (*p.epoch).into();
+            }
+            if asked {
+                fields["recovered"] = r.recovered.into();
+            }
+            Some(native::encode_ack(id, fields))
+        };
+        let r = conn
+            .join_since(&room, since.unwrap_or(Since::Latest), reply)
+            .await?;
+        if r.joined {
+            s.access.webhook("join", conn, Some(&room), None);
+        }
+        Ok(())
     }
 
     /// Runs a command; `Ok(Some(fields))` is acknowledged with those fields.
@@ -556,14 +599,7 @@ impl Task {
                 access.apply(conn, state, answer.actions).await?;
                 json!({ "result": answer.result })
             }
-            ClientCommand::Join { room } => {
-                access.may_join(conn, state, &room).await?;
-                let joined = conn.join(&room).await?;
-                if joined {
-                    access.webhook("join", conn, Some(&room), None);
-                }
-                json!({ "room": room, "joined": joined })
-            }
+            ClientCommand::Join { .. } => unreachable!("joins are answered by `join`"),
             ClientCommand::Leave { room } => {
                 access.may_act(conn)?;
                 let left = conn.leave(&room).await?;

@@ -24,6 +24,13 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     /// An envelope from another node.
     fn receive(&self, envelope: Envelope);
 
+    /// An envelope to deliver now; returns how many local connections it
+    /// reached. (A history store hands its own node's publications here.)
+    fn deliver(&self, envelope: Envelope) -> usize {
+        self.receive(envelope);
+        0
+    }
+
     /// Whether the node has members in `room` right now. A broker that
     /// subscribes asynchronously asks this when it acts on
     /// [`subscribe_room`](Broker::subscribe_room) or

@@ -115,6 +115,11 @@ impl TestServer {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn http_delete(&self, path: &str) -> u16 {
+        let resp = self.http.delete(self.url(path)).send().await.unwrap();
+        resp.status().as_u16()
+    }
+
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let resp = self.http.get(self.url(path)).send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
@@ -283,6 +288,11 @@ impl Client {
             }
             Err(e) => panic!("websocket handshake failed: {e}"),
         }
+    }
+
+    /// Frames read and kept while looking for something else.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     pub async fn welcome(&mut self) -> Value {
