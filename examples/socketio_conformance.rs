@@ -24,6 +24,7 @@ async fn main() -> std::io::Result<()> {
             ..EngineConfig::default()
         },
         connect_timeout: Duration::from_millis(1000),
+        recovery: None,
     };
     let io = SocketIo::new(Hub::new(HubConfig::default()), config);
     io.ns("/", |socket, auth| async move {

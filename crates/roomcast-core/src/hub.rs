@@ -129,6 +129,8 @@ pub(crate) struct ConnState {
     /// index lock, which joins take inside `meta`.
     held: Mutex<Holding>,
     meta: Mutex<ConnMeta>,
+    /// Told when the rooms or the session data change.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -609,6 +611,7 @@ impl Hub {
             owns_outbox,
             holding: AtomicBool::new(false),
             held: Mutex::new(Holding::default()),
+            changed: tokio::sync::Notify::new(),
             meta: Mutex::new(ConnMeta {
                 user: user.clone(),
                 ..Default::default()
@@ -1058,6 +1061,15 @@ impl Hub {
             c.held().rooms.extend(held.iter().map(|r| (*r).to_owned()));
             c.holding.store(true, Ordering::Release);
         }
+        // A room the connection is in already: it got the live publications
+        // after its mark, so only what came before the mark is replayed.
+        let before: HashMap<String, Option<u64>> = {
+            let meta = c.meta();
+            plan.iter()
+                .filter(|(room, _, _)| meta.rooms.iter().any(|r| r == room))
+                .map(|(room, _, _)| (room.clone(), meta.marks.get(room).map(|m| m.seq)))
+                .collect()
+        };
         let mut joined = Vec::with_capacity(plan.len());
         for (room, _, _) in &plan {
             match self.enter(c, room, by_server).await {
@@ -1086,7 +1098,11 @@ impl Hub {
                 None => (None, matches!(since, Since::Latest)),
                 Some(Ok(page)) => {
                     if page.complete {
-                        replay.extend(page.publications);
+                        let cutoff = before.get(room).map(|m| m.unwrap_or(0));
+                        replay.extend(page.publications.into_iter().filter(|p| {
+                            cutoff
+                                .is_none_or(|cut| p.position.as_ref().is_some_and(|s| s.seq <= cut))
+                        }));
                     }
                     (page.position, page.complete)
                 }
@@ -1106,7 +1122,7 @@ impl Hub {
         replay.sort_by_key(|p| p.position.as_ref().map_or(0, |s| s.seq));
         {
             let mut meta = c.meta();
-            for r in &recoveries {
+            for r in recoveries.iter().filter(|r| !before.contains_key(&r.room)) {
                 if let Some(p) = &r.position {
                     meta.marks.insert(r.room.clone(), p.clone());
                 }
@@ -1123,7 +1139,10 @@ impl Hub {
                 .filter(|p| p.exclude != Some(c.id))
                 .map(|p| c.protocol.encode_publication(p)),
         );
-        let newer = |h: &Held| match recoveries.iter().find(|r| r.room == h.room) {
+        let newer = |h: &Held| match recoveries
+            .iter()
+            .find(|r| r.room == h.room && !before.contains_key(&r.room))
+        {
             Some(Recovery {
                 position: Some(top),
                 ..
@@ -1215,6 +1234,7 @@ impl Hub {
                     .await;
             }
         }
+        c.changed.notify_one();
         Ok(true)
     }
 
@@ -1237,6 +1257,7 @@ impl Hub {
         }
         self.leave_locally(c.id, room, user, by_server.then_some(c))
             .await?;
+        c.changed.notify_one();
         Ok(true)
     }
 
@@ -1550,6 +1571,12 @@ impl Connection {
             .await
     }
 
+    /// Resolves when the connection's rooms or session data changed since the
+    /// last time it resolved (for code that keeps a copy of them somewhere).
+    pub async fn changed(&self) {
+        self.state.changed.notified().await
+    }
+
     /// Where the connection joined each room with history (see [`Recovery::position`]).
     pub fn marks(&self) -> HashMap<String, StreamPosition> {
         self.state.meta().marks.clone()
@@ -1598,6 +1625,7 @@ impl Connection {
             return Err(SessionError::TooLarge { max });
         }
         meta.session = merged;
+        self.state.changed.notify_one();
         Ok(())
     }
 

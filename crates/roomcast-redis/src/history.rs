@@ -213,7 +213,7 @@ impl HistoryStore for RedisHistory {
         let (from, count) = match since {
             Since::Latest => (1, 0),
             Since::Offset { offset, .. } => (offset + 1, limit.max(1)),
-            Since::Seq(_) => (0, limits.size.max(1)),
+            Since::Seq { .. } => (0, limits.size.max(1)),
         };
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(READ)
@@ -230,7 +230,7 @@ impl HistoryStore for RedisHistory {
                 return Ok(HistoryPage {
                     position: None,
                     publications: Vec::new(),
-                    complete: matches!(since, Since::Latest | Since::Seq(_)),
+                    complete: matches!(since, Since::Latest | Since::Seq { epoch: None, .. }),
                 });
             };
             let epoch: Arc<str> = Arc::from(epoch);
@@ -262,7 +262,10 @@ impl HistoryStore for RedisHistory {
                     page.complete = true;
                     page.publications = decode(&entries, &epoch, limit, |_| true)?;
                 }
-                Since::Seq(seq) => {
+                Since::Seq { seq, epoch: e } => {
+                    if e.as_deref().is_some_and(|e| *e != *epoch) {
+                        return Ok(page);
+                    }
                     if top_seq <= *seq {
                         page.complete = true;
                         return Ok(page);

@@ -120,6 +120,7 @@ async fn conformance_server() -> Server {
         SocketIoConfig {
             engine: engine_config(),
             connect_timeout: CONNECT_TIMEOUT,
+            recovery: None,
         },
     );
     io.ns("/", |socket, auth| async move {

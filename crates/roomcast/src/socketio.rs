@@ -46,6 +46,7 @@ pub(crate) fn build(
                 ..EngineConfig::default()
             },
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            recovery: (s.recovery_ms > 0).then(|| Duration::from_millis(s.recovery_ms)),
         },
     );
     if s.builtin_events {

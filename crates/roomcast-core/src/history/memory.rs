@@ -94,7 +94,10 @@ impl Stream {
                 page.complete = true;
                 page.publications = after(&|e| e.position().offset > *offset);
             }
-            Since::Seq(seq) => {
+            Since::Seq { seq, epoch } => {
+                if epoch.as_deref().is_some_and(|e| *e != *self.epoch) {
+                    return page;
+                }
                 if self.top_seq <= *seq {
                     page.complete = true;
                     return page;
@@ -250,7 +253,7 @@ impl HistoryStore for MemoryHistory {
             None => HistoryPage {
                 position: None,
                 publications: Vec::new(),
-                complete: matches!(since, Since::Latest | Since::Seq(_)),
+                complete: matches!(since, Since::Latest | Since::Seq { epoch: None, .. }),
             },
         };
         Box::pin(std::future::ready(Ok(page)))

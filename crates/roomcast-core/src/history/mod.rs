@@ -57,8 +57,14 @@ pub enum Since {
         epoch: String,
     },
     /// After this store-wide sequence number (what a Socket.IO client's
-    /// `offset` names); the caller checks the epoch.
-    Seq(u64),
+    /// `offset` names), in the stream of this epoch (`None`: the room had no
+    /// stream yet when the reader started).
+    Seq {
+        /// The last sequence number the reader has.
+        seq: u64,
+        /// The epoch of the room's stream the reader knew.
+        epoch: Option<String>,
+    },
 }
 
 /// What a read found.
@@ -303,13 +309,29 @@ pub mod suite {
         assert!(q.position.seq > positions[6].seq);
         assert_eq!(q.position.offset, 1);
         let page = a
-            .read(&room, &Since::Seq(positions[4].seq), 100, &LIMITS)
+            .read(
+                &room,
+                &Since::Seq {
+                    seq: positions[4].seq,
+                    epoch: Some(epoch.to_string()),
+                },
+                100,
+                &LIMITS,
+            )
             .await
             .unwrap();
         assert!(page.complete);
         assert_eq!(order(&page.publications), [6, 7]);
         let page = a
-            .read(&other, &Since::Seq(positions[0].seq), 100, &LIMITS)
+            .read(
+                &other,
+                &Since::Seq {
+                    seq: positions[0].seq,
+                    epoch: None,
+                },
+                100,
+                &LIMITS,
+            )
             .await
             .unwrap();
         assert!(
@@ -318,15 +340,45 @@ pub mod suite {
         );
         assert_eq!(order(&page.publications), [1]);
         let page = a
-            .read(&room, &Since::Seq(positions[0].seq), 100, &LIMITS)
+            .read(
+                &room,
+                &Since::Seq {
+                    seq: positions[0].seq,
+                    epoch: Some(epoch.to_string()),
+                },
+                100,
+                &LIMITS,
+            )
             .await
             .unwrap();
         assert!(!page.complete, "offset 2 was trimmed");
         let page = a
-            .read(&room, &Since::Seq(q.position.seq), 100, &LIMITS)
+            .read(
+                &room,
+                &Since::Seq {
+                    seq: q.position.seq,
+                    epoch: Some(epoch.to_string()),
+                },
+                100,
+                &LIMITS,
+            )
             .await
             .unwrap();
         assert!(page.complete && page.publications.is_empty());
+        // Another epoch: not complete.
+        let page = a
+            .read(
+                &room,
+                &Since::Seq {
+                    seq: q.position.seq,
+                    epoch: Some("other".into()),
+                },
+                100,
+                &LIMITS,
+            )
+            .await
+            .unwrap();
+        assert!(!page.complete);
 
         // Removing starts a new epoch at offset 1.
         b.remove(&room).await.unwrap();
@@ -351,7 +403,15 @@ pub mod suite {
             .await
             .unwrap();
         let page = a
-            .read(&fading, &Since::Seq(first.position.seq - 1), 10, &short)
+            .read(
+                &fading,
+                &Since::Seq {
+                    seq: first.position.seq - 1,
+                    epoch: None,
+                },
+                10,
+                &short,
+            )
             .await
             .unwrap();
         assert_eq!(page.publications.len(), 1);

@@ -277,7 +277,7 @@ impl EioError {
     }
 }
 
-fn random_sid() -> String {
+pub(crate) fn random_sid() -> String {
     use base64::Engine as _;
     let mut bytes = [0u8; 15];
     if getrandom::fill(&mut bytes).is_err() {

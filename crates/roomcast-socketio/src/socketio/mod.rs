@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use roomcast_core::error::{JoinError, LeaveError, PublishError};
+use roomcast_core::history::Since;
 use roomcast_core::{
     BoxFuture, Connection, Frame, Hub, PresenceEvent, Protocol, Publication, PushError, Target,
 };
@@ -32,6 +33,10 @@ pub struct SocketIoConfig {
     pub engine: EngineConfig,
     /// A session that connects to no namespace within this time is closed. Default: 45 s.
     pub connect_timeout: Duration,
+    /// Connection-state recovery: a client that reconnects within this time
+    /// gets its socket id, rooms and data back and the events it missed in
+    /// rooms with history (see [`Socket::recovered`]). Default: off.
+    pub recovery: Option<Duration>,
 }
 
 impl Default for SocketIoConfig {
@@ -39,6 +44,7 @@ impl Default for SocketIoConfig {
         SocketIoConfig {
             engine: EngineConfig::default(),
             connect_timeout: Duration::from_secs(45),
+            recovery: None,
         }
     }
 }
@@ -151,12 +157,19 @@ struct Namespace {
 struct NamespaceProtocol {
     nsp: String,
     presence_event: Option<String>,
+    /// Append a positioned publication's offset as its last argument, for
+    /// connection-state recovery.
+    offsets: bool,
 }
 
 impl NamespaceProtocol {
     /// `data` is zero or more comma-separated JSON values: the arguments.
     fn frame(&self, event: &str, data: &str) -> Frame {
-        let mut s = String::with_capacity(event.len() + data.len() + self.nsp.len() + 12);
+        self.frame_with(event, data, None)
+    }
+
+    fn frame_with(&self, event: &str, data: &str, offset: Option<u64>) -> Frame {
+        let mut s = String::with_capacity(event.len() + data.len() + self.nsp.len() + 32);
         s.push_str("42");
         if self.nsp != "/" {
             s.push_str(&self.nsp);
@@ -168,6 +181,12 @@ impl NamespaceProtocol {
             s.push(',');
             s.push_str(data);
         }
+        if let Some(offset) = offset {
+            // An opaque string to the client: the history sequence number.
+            s.push_str(",\"");
+            s.push_str(&offset.to_string());
+            s.push('"');
+        }
         s.push(']');
         Frame::text(s)
     }
@@ -176,13 +195,17 @@ impl NamespaceProtocol {
 impl Protocol for NamespaceProtocol {
     fn encode_publication(&self, p: &Publication) -> Frame {
         let data = p.data.get();
+        let offset = self
+            .offsets
+            .then(|| p.position.as_ref().map(|s| s.seq))
+            .flatten();
         if p.spread {
             // `data` is a JSON array of arguments: `["ev",a,b]` rather than `["ev",[a,b]]`.
             if let Some(inner) = data.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-                return self.frame(&p.event, inner.trim());
+                return self.frame_with(&p.event, inner.trim(), offset);
             }
         }
-        self.frame(&p.event, data)
+        self.frame_with(&p.event, data, offset)
     }
 
     fn namespace(&self) -> Option<&str> {
@@ -372,6 +395,7 @@ impl Inner {
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone(),
+                offsets: self.config.recovery.is_some(),
             }),
         })
     }
@@ -648,12 +672,65 @@ async fn dispatch(
     }
 }
 
+/// What a Socket.IO client that may come back is recovered from, kept in the
+/// history store under its private id (`pid`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Record {
+    sid: String,
+    nsp: String,
+    user: Option<String>,
+    data: serde_json::Map<String, Value>,
+    rooms: Vec<RoomMark>,
+}
+
+/// A room of a [`Record`], and where the socket joined its history stream.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct RoomMark {
+    room: String,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
+}
+
+/// Disconnect reasons after which a client may recover, as with Node.
+const RECOVERABLE: [&str; 4] = [
+    "transport close",
+    "transport error",
+    "ping timeout",
+    "server shutting down",
+];
+
+/// Takes `pid` and `offset` out of a CONNECT payload (they are not the
+/// application's: the pid is the client's secret).
+fn take_resume(auth: &mut Value) -> Option<(String, Option<String>)> {
+    let obj = auth.as_object_mut()?;
+    let pid = obj.remove("pid");
+    let offset = obj.remove("offset");
+    let pid = pid?.as_str()?.to_owned();
+    Some((pid, offset.and_then(|o| o.as_str().map(str::to_owned))))
+}
+
+/// The stored record under `pid` for namespace `nsp`, if it is still kept.
+async fn restore(inner: &Inner, pid: &str, nsp: &str) -> Option<Record> {
+    match inner.hub.history_store().take_session(pid).await {
+        Ok(Some(text)) => serde_json::from_str::<Record>(&text)
+            .ok()
+            .filter(|r| r.nsp == nsp),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a Socket.IO recovery session; connecting afresh");
+            None
+        }
+    }
+}
+
 async fn connect(
     inner: &Arc<Inner>,
     session: &Arc<Session>,
     state: &Arc<SessionState>,
     nsp: &str,
-    auth: Value,
+    mut auth: Value,
 ) {
     let Some(ns) = inner.find_namespace(nsp) else {
         let refusal = Packet::simple(
@@ -664,6 +741,22 @@ async fn connect(
         let _ = push_packet(session, &refusal, &[]);
         return;
     };
+    let resume = take_resume(&mut auth);
+    let window = inner.config.recovery;
+    let mut restored = None;
+    if let (Some(_), Some((pid, offset))) = (window, &resume) {
+        // The client's offset is the last one it got (none if it got none);
+        // one that is not ours (an event's own string argument) tells nothing.
+        let client = match offset {
+            None => Some(0),
+            Some(o) => o.parse::<u64>().ok(),
+        };
+        if let Some(client) = client {
+            restored = restore(inner, pid, nsp)
+                .await
+                .map(|r| (pid.clone(), client, r));
+        }
+    }
     let conn = match inner
         .hub
         .connect_shared(ns.protocol.clone(), None, session.outbox().clone())
@@ -680,10 +773,19 @@ async fn connect(
             return;
         }
     };
+    // The socket id is the hub connection id, so that emitters and the HTTP
+    // API that name a socket reach it on whichever node it is; a recovered
+    // socket keeps the id it had.
+    let id = match &restored {
+        Some((_, _, r)) => r.sid.clone(),
+        None => conn.id().to_string(),
+    };
+    let pid = window.map(|_| match &restored {
+        Some((pid, _, _)) => pid.clone(),
+        None => crate::engineio::random_sid(),
+    });
     let socket = Socket(Arc::new(SocketInner {
-        // The socket id is the hub connection id: emitters and the HTTP API
-        // that name a socket reach it on whichever node it is.
-        id: conn.id().to_string(),
+        id,
         nsp: ns.name.clone(),
         hub_conn_id: conn.id(),
         conn: Mutex::new(Some(Arc::new(conn))),
@@ -696,6 +798,9 @@ async fn connect(
         next_ack: AtomicU64::new(0),
         connected: AtomicBool::new(false),
         early: Mutex::new(Vec::new()),
+        pid,
+        recovered: AtomicBool::new(false),
+        gone: tokio_util::sync::CancellationToken::new(),
     }));
     let on_connect = ns.on_connect.clone();
     match on_connect(socket.clone(), auth).await {
@@ -705,20 +810,25 @@ async fn connect(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(nsp.to_owned(), socket.clone());
-            let reply = Packet::simple(
-                Kind::Connect,
-                nsp,
-                Some(serde_json::json!({"sid": socket.0.id})),
-            );
-            let mut early =
-                std::mem::take(&mut *socket.0.early.lock().unwrap_or_else(|e| e.into_inner()));
-            let mut frames = vec![Frame::text(format!("4{}", reply.encode()))];
-            frames.append(&mut early);
-            socket.0.connected.store(true, Ordering::Release);
-            // Emits that raced the flag are in `early` too.
-            frames.append(&mut socket.0.early.lock().unwrap_or_else(|e| e.into_inner()));
-            if session.outbox().push_all(frames).is_err() {
-                socket.closed("transport close".to_owned()).await;
+            if let Some((_, client, record)) = restored {
+                // Another user, or some of what it missed is gone (and part
+                // of it may have been sent): have it connect afresh, its pid
+                // is used up.
+                let same_user = record.user.as_deref() == socket.user().as_deref();
+                if !same_user || !socket.recover(record, client).await {
+                    tracing::info!(sid = %session.sid, same_user, "closing a Socket.IO session: its recovery failed");
+                    close_session(inner, session, "recovery failed");
+                    return;
+                }
+            } else {
+                let frames = socket.connect_frames();
+                if session.outbox().push_all(frames).is_err() {
+                    socket.closed("transport close".to_owned()).await;
+                    return;
+                }
+            }
+            if let Some(window) = window {
+                tokio::spawn(keep_recoverable(socket.clone(), window));
             }
         }
         Err(refusal) => {
@@ -733,6 +843,25 @@ async fn connect(
                 &[],
             );
             socket.release().await;
+        }
+    }
+}
+
+/// Keeps the socket's recovery record in the history store while it is
+/// connected (so that it survives this node), rewritten whenever its rooms or
+/// data change and refreshed before it expires.
+async fn keep_recoverable(socket: Socket, window: Duration) {
+    let period = (window / 2).max(Duration::from_millis(500));
+    let Some(conn) = socket.conn() else { return };
+    loop {
+        if socket.0.gone.is_cancelled() {
+            return;
+        }
+        socket.save(window + period).await;
+        tokio::select! {
+            _ = conn.changed() => {}
+            _ = tokio::time::sleep(period) => {}
+            _ = socket.0.gone.cancelled() => return,
         }
     }
 }
@@ -761,6 +890,11 @@ struct SocketInner {
     connected: AtomicBool,
     /// Frames emitted by the connect handler, sent after the CONNECT reply.
     early: Mutex<Vec<Frame>>,
+    /// The private id a client recovers with, when recovery is on.
+    pid: Option<String>,
+    recovered: AtomicBool,
+    /// Cancelled when the socket disconnects.
+    gone: tokio_util::sync::CancellationToken,
 }
 
 /// A client's connection to one namespace. Cheap to clone.
@@ -805,6 +939,104 @@ impl Socket {
     /// The namespace.
     pub fn ns(&self) -> &str {
         &self.0.nsp
+    }
+
+    /// Whether this socket was recovered: the client reconnected within the
+    /// recovery window and got its id, rooms, data and missed events back.
+    pub fn recovered(&self) -> bool {
+        self.0.recovered.load(Ordering::Acquire)
+    }
+
+    /// The CONNECT reply (with the pid when recovery is on) and what the
+    /// connect handler emitted; marks the socket connected.
+    fn connect_frames(&self) -> Vec<Frame> {
+        let mut data = serde_json::json!({"sid": self.0.id});
+        if let Some(pid) = &self.0.pid {
+            data["pid"] = pid.as_str().into();
+        }
+        let reply = Packet::simple(Kind::Connect, &self.0.nsp, Some(data));
+        let mut frames = vec![Frame::text(format!("4{}", reply.encode()))];
+        frames.append(&mut self.0.early.lock().unwrap_or_else(|e| e.into_inner()));
+        self.0.connected.store(true, Ordering::Release);
+        // Emits that raced the flag are in `early` too.
+        frames.append(&mut self.0.early.lock().unwrap_or_else(|e| e.into_inner()));
+        frames
+    }
+
+    /// Restores a recovered socket's data and rooms, and replays what it
+    /// missed (after sequence number `client`) after the CONNECT reply.
+    /// False if some room's missed events were gone.
+    async fn recover(&self, record: Record, client: u64) -> bool {
+        let Some(conn) = self.conn() else {
+            return false;
+        };
+        let hub = self.hub();
+        let rooms: Vec<(String, Since)> = record
+            .rooms
+            .into_iter()
+            .map(|m| {
+                let since = if hub.config().rooms.history_for(&m.room).is_some() {
+                    Since::Seq {
+                        seq: client.max(m.seq.unwrap_or(0)),
+                        epoch: m.epoch,
+                    }
+                } else {
+                    Since::Latest
+                };
+                (m.room, since)
+            })
+            .collect();
+        let _ = conn.merge_session(record.data);
+        self.0.recovered.store(true, Ordering::Release);
+        let me = self.clone();
+        let done = conn.rejoin(rooms, move |_| me.connect_frames()).await;
+        match done {
+            Ok(r) => r.iter().all(|r| !r.history || r.recovered),
+            Err(e) => {
+                tracing::info!(error = %e, "a recovered socket could not rejoin its rooms");
+                false
+            }
+        }
+    }
+
+    /// The socket's recovery record, from its connection.
+    fn record(&self) -> Option<String> {
+        let conn = self.conn()?;
+        let marks = conn.marks();
+        let record = Record {
+            sid: self.0.id.clone(),
+            nsp: self.0.nsp.clone(),
+            user: conn.user().as_deref().map(str::to_owned),
+            data: conn.session(),
+            rooms: conn
+                .rooms()
+                .into_iter()
+                .map(|room| {
+                    let mark = marks.get(&room);
+                    RoomMark {
+                        epoch: mark.map(|m| m.epoch.to_string()),
+                        seq: mark.map(|m| m.seq),
+                        room,
+                    }
+                })
+                .collect(),
+        };
+        serde_json::to_string(&record).ok()
+    }
+
+    /// Writes the recovery record, to be kept for `ttl`.
+    async fn save(&self, ttl: Duration) {
+        let (Some(pid), Some(record)) = (&self.0.pid, self.record()) else {
+            return;
+        };
+        if let Err(e) = self
+            .hub()
+            .history_store()
+            .keep_session(pid, record, ttl)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot keep a Socket.IO recovery session");
+        }
     }
 
     /// The hub connection id (what the HTTP API and native clients see).
@@ -1094,6 +1326,16 @@ impl Socket {
 
     /// Runs disconnect handlers once and removes the socket from the hub.
     async fn closed(&self, reason: String) {
+        if !self.0.gone.is_cancelled() {
+            self.0.gone.cancel();
+            if let (Some(window), Some(pid)) = (self.0.io.config.recovery, &self.0.pid) {
+                if RECOVERABLE.contains(&reason.as_str()) {
+                    self.save(window).await;
+                } else {
+                    let _ = self.hub().history_store().take_session(pid).await;
+                }
+            }
+        }
         let handlers = std::mem::take(
             &mut *self
                 .0
