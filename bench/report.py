@@ -1216,6 +1216,7 @@ def cluster_section(opts):
 # --- the security section ---------------------------------------------------------------
 
 SECURITY_HEADING = "## Security features"
+HISTORY_HEADING = "## History"
 
 
 def median(values):
@@ -1330,6 +1331,10 @@ def main():
         security = find_section(previous, SECURITY_HEADING)
     if security:
         page = with_section(page, SECURITY_HEADING, security, before="## Machine and versions")
+    # The History section comes from scripts/bench-history and is kept as it is.
+    history = find_section(previous, HISTORY_HEADING) if previous is not None else None
+    if history:
+        page = with_section(page, HISTORY_HEADING, history, before="## Machine and versions")
 
     os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
     with open(opts.out, "w", encoding="utf-8") as f:

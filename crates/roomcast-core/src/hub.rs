@@ -73,8 +73,14 @@ pub struct HubMetrics {
     pub bytes_out: AtomicU64,
     /// Connections closed because their queue overflowed.
     pub slow_consumer_disconnects: AtomicU64,
-    /// Broker and presence store failures.
+    /// Broker, presence and history store failures.
     pub backend_errors: AtomicU64,
+    /// Joins that resumed from a position in a room's history and got everything after it.
+    pub recoveries: AtomicU64,
+    /// Joins that asked to resume and were told they were not recovered.
+    pub recoveries_failed: AtomicU64,
+    /// Publications replayed from history.
+    pub replayed: AtomicU64,
 }
 
 const SHARDS: usize = 64;
@@ -138,6 +144,17 @@ struct Holding {
     rooms: Vec<String>,
     held: Vec<Held>,
     bytes: usize,
+    /// After a join of a room with history: the room, its epoch and the top
+    /// the join read. A publication up to that top arriving late (from
+    /// Redis, after the read) was replayed or is older than the join, and is
+    /// dropped; the first one past it ends the filter.
+    filters: Vec<(String, Arc<str>, u64)>,
+}
+
+impl Holding {
+    fn idle(&self) -> bool {
+        self.rooms.is_empty() && self.filters.is_empty()
+    }
 }
 
 /// A live publication held back while the connection's join reads history.
@@ -357,6 +374,17 @@ impl Tally {
 fn hold(c: &ConnState, room: &str, position: &StreamPosition, frame: &Frame) -> bool {
     let mut h = c.held();
     if !h.rooms.iter().any(|r| r == room) {
+        let Some(i) = h.filters.iter().position(|f| f.0 == room) else {
+            return false;
+        };
+        let (_, epoch, top) = &h.filters[i];
+        if **epoch == *position.epoch && position.offset <= *top {
+            return true;
+        }
+        h.filters.swap_remove(i);
+        if h.idle() {
+            c.holding.store(false, Ordering::Release);
+        }
         return false;
     }
     h.bytes += frame.len();
@@ -394,7 +422,7 @@ fn release(
     meta.bytes = rest.iter().map(|h| h.frame.len()).sum();
     meta.held = rest;
     meta.rooms.retain(|r| !rooms.contains(&r.as_str()));
-    if meta.rooms.is_empty() {
+    if meta.idle() {
         c.holding.store(false, Ordering::Release);
     }
     out
@@ -1120,6 +1148,18 @@ impl Hub {
             });
         }
         replay.sort_by_key(|p| p.position.as_ref().map_or(0, |s| s.seq));
+        let m = &inner.metrics;
+        for ((_, since, _), r) in plan.iter().zip(&recoveries) {
+            if *since != Since::Latest {
+                let counter = if r.recovered {
+                    &m.recoveries
+                } else {
+                    &m.recoveries_failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        m.replayed.fetch_add(replay.len() as u64, Ordering::Relaxed);
         {
             let mut meta = c.meta();
             for r in recoveries.iter().filter(|r| !before.contains_key(&r.room)) {
@@ -1150,6 +1190,13 @@ impl Hub {
             _ => true,
         };
         out.extend(release(&mut h, c, &held, newer));
+        for r in recoveries.iter().filter(|r| !before.contains_key(&r.room)) {
+            if let Some(p) = &r.position {
+                h.filters.retain(|f| f.0 != r.room);
+                h.filters.push((r.room.clone(), p.epoch.clone(), p.offset));
+                c.holding.store(true, Ordering::Release);
+            }
+        }
         if c.outbox.push_all(out) == Err(PushError::Overflow) {
             inner
                 .metrics

@@ -229,8 +229,29 @@ pub fn render_with(
         &mut out,
         "roomcast_backend_errors_total",
         "counter",
-        "Broker and presence store failures.",
+        "Broker, presence and history store failures.",
         get(&h.backend_errors),
+    );
+    metric(
+        &mut out,
+        "roomcast_history_recoveries_total",
+        "counter",
+        "Joins that asked to resume from a position in a room's history and got everything after it.",
+        get(&h.recoveries),
+    );
+    metric(
+        &mut out,
+        "roomcast_history_recoveries_failed_total",
+        "counter",
+        "Joins that asked to resume and were told they were not recovered.",
+        get(&h.recoveries_failed),
+    );
+    metric(
+        &mut out,
+        "roomcast_history_replayed_total",
+        "counter",
+        "Publications replayed from history to resuming connections.",
+        get(&h.replayed),
     );
     metric(
         &mut out,

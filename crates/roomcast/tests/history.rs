@@ -146,6 +146,14 @@ async fn resume_gets_what_was_missed_then_live(nodes: Nodes) {
         (m["data"].as_u64(), m["offset"].as_u64()),
         (Some(11), Some(11))
     );
+    let node = nodes.node(1);
+    assert_eq!(node.metric("roomcast_history_recoveries_total").await, 1.0);
+    assert_eq!(
+        node.metric("roomcast_history_recoveries_failed_total")
+            .await,
+        0.0
+    );
+    assert_eq!(node.metric("roomcast_history_replayed_total").await, 5.0);
     nodes.stop().await;
 }
 

@@ -1035,7 +1035,8 @@ impl Socket {
             .keep_session(pid, record, ttl)
             .await
         {
-            tracing::warn!(error = %e, "cannot keep a Socket.IO recovery session");
+            // Every socket would say so during an outage, which the store reports itself.
+            tracing::debug!(error = %e, "cannot keep a Socket.IO recovery session");
         }
     }
 
