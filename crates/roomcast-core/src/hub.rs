@@ -469,7 +469,11 @@ impl Hub {
         )
     }
 
-    /// A hub with the given broker and presence store, and history in memory.
+    /// A hub with the given broker and presence store, and history in a
+    /// [`MemoryHistory`] of its own: rooms with history then reach only this
+    /// hub's connections. For several nodes give them one history store that
+    /// reaches them all with [`with_stores`](Hub::with_stores) (the backend's,
+    /// or one `MemoryHistory` shared by hubs of one process).
     pub fn with_backends(
         config: HubConfig,
         broker: Arc<dyn Broker>,

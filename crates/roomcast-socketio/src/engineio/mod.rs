@@ -160,7 +160,7 @@ pub struct Session {
     upgraded: CancellationToken,
     closed: CancellationToken,
     close_once: AtomicBool,
-    close_reason: Mutex<Option<CloseReason>>,
+    pub(crate) close_reason: Mutex<Option<CloseReason>>,
     /// The layer above's per-session state.
     pub ext: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// The handshake request's headers.

@@ -250,7 +250,7 @@ impl std::fmt::Debug for SocketIo {
 /// Per Engine.IO session: its sockets, the queue its driver task reads, and a
 /// binary packet waiting for its attachments.
 struct SessionState {
-    tx: mpsc::UnboundedSender<(Incoming, usize)>,
+    tx: mpsc::UnboundedSender<Queued>,
     /// The weight of the packets waiting in `tx` (see [`weight`]); bounded by
     /// [`SessionState::max_queued`].
     queued: AtomicUsize,
@@ -258,6 +258,16 @@ struct SessionState {
     /// CONNECTs refused on this session so far.
     refused: AtomicU32,
     sockets: Mutex<HashMap<String, Socket>>,
+}
+
+/// What the session's task handles, in order.
+enum Queued {
+    /// A message and its weight.
+    Packet(Incoming, usize),
+    /// The Engine.IO session closed, for this reason: after the packets
+    /// before it (a client's DISCONNECT then its transport close are a
+    /// namespace disconnect, not a lost transport).
+    Closed(String),
 }
 
 /// What a waiting packet costs: its bytes plus the bookkeeping of one queue
@@ -468,7 +478,7 @@ impl EngineHandler for Handler {
             }
             return;
         }
-        let _ = state.tx.send((message, w));
+        let _ = state.tx.send(Queued::Packet(message, w));
     }
 
     fn farewell(&self, session: &Arc<Session>) -> Vec<Frame> {
@@ -491,28 +501,63 @@ impl EngineHandler for Handler {
         let Some(state) = state_of(session) else {
             return;
         };
-        let sockets: Vec<Socket> = state
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
         let reason = reason.as_str().to_owned();
-        for s in sockets {
-            let reason = reason.clone();
-            tokio::spawn(async move { s.closed(reason).await });
+        // The session's task closes the sockets once it has handled what came before.
+        if let Err(mpsc::error::SendError(Queued::Closed(reason))) =
+            state.tx.send(Queued::Closed(reason))
+        {
+            for s in drain_sockets(&state) {
+                let reason = reason.clone();
+                tokio::spawn(async move { s.closed(reason).await });
+            }
         }
     }
 }
 
-/// The per-session task: decodes packets in order and dispatches them.
+fn drain_sockets(state: &SessionState) -> Vec<Socket> {
+    state
+        .sockets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// The per-session task: decodes packets in order and dispatches them; once
+/// the session closed, handles only the DISCONNECTs that came before the
+/// close, then closes the remaining sockets.
 async fn drive(
     inner: Arc<Inner>,
     session: Arc<Session>,
     state: Arc<SessionState>,
-    mut rx: mpsc::UnboundedReceiver<(Incoming, usize)>,
+    rx: mpsc::UnboundedReceiver<Queued>,
 ) {
+    let reason = handle_packets(&inner, &session, &state, rx).await;
+    for s in drain_sockets(&state) {
+        s.closed(reason.clone()).await;
+    }
+}
+
+/// Why the session closed, as Socket.IO names it.
+fn close_reason(session: &Session) -> String {
+    session
+        .close_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or("transport close", |r| r.as_str())
+        .to_owned()
+}
+
+/// Handles the session's packets until it closes; returns why it closed.
+async fn handle_packets(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    state: &Arc<SessionState>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+) -> String {
+    let (inner, session, state) = (inner.clone(), session.clone(), state.clone());
     let deadline = tokio::time::Instant::now() + inner.config.connect_timeout;
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
     // The connect timeout applies until the first namespace is joined; a client
@@ -530,15 +575,27 @@ async fn drive(
             _ = tokio::time::sleep_until(deadline), if !ever_connected && pending.is_none() && !session.is_closed() => {
                 if state.sockets.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
                     close_session(&inner, &session, "connect timeout");
-                    return;
+                    return close_reason(&session);
                 }
                 continue;
             }
         };
-        let Some((msg, w)) = msg else { return };
+        let (msg, w) = match msg {
+            Some(Queued::Packet(msg, w)) => (msg, w),
+            Some(Queued::Closed(reason)) => return reason,
+            None => return close_reason(&session),
+        };
         state.queued.fetch_sub(w, Ordering::AcqRel);
         if session.is_closed() {
-            return;
+            // What the client said before it went: only a namespace disconnect matters now.
+            if let Incoming::Text(text) = &msg {
+                if let Ok(p) = Packet::decode(text) {
+                    if p.kind == Kind::Disconnect {
+                        dispatch(&inner, &session, &state, p, Vec::new()).await;
+                    }
+                }
+            }
+            continue;
         }
         let ready = match (msg, pending.take()) {
             (Incoming::Text(text), None) => match Packet::decode(&text) {
@@ -549,7 +606,7 @@ async fn drive(
                         .is_some_and(|d| packet::placeholders_valid(d, p.attachments))
                     {
                         close_session(&inner, &session, "invalid placeholders");
-                        return;
+                        return close_reason(&session);
                     }
                     pending = Some((p, Vec::new()));
                     None
@@ -557,7 +614,7 @@ async fn drive(
                 Ok(p) => Some((p, Vec::new())),
                 Err(e) => {
                     close_session(&inner, &session, &e.to_string());
-                    return;
+                    return close_reason(&session);
                 }
             },
             (Incoming::Binary(b), Some((p, mut bins))) => {
@@ -571,7 +628,7 @@ async fn drive(
             }
             (Incoming::Text(_), Some(_)) | (Incoming::Binary(_), None) => {
                 close_session(&inner, &session, "unexpected binary or missing attachment");
-                return;
+                return close_reason(&session);
             }
         };
         if let Some((p, bins)) = ready {
@@ -801,6 +858,7 @@ async fn connect(
         pid,
         recovered: AtomicBool::new(false),
         gone: tokio_util::sync::CancellationToken::new(),
+        keeper: Mutex::new(None),
     }));
     let on_connect = ns.on_connect.clone();
     match on_connect(socket.clone(), auth).await {
@@ -828,7 +886,8 @@ async fn connect(
                 }
             }
             if let Some(window) = window {
-                tokio::spawn(keep_recoverable(socket.clone(), window));
+                let keeper = tokio::spawn(keep_recoverable(socket.clone(), window));
+                *socket.0.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(keeper);
             }
         }
         Err(refusal) => {
@@ -895,6 +954,8 @@ struct SocketInner {
     recovered: AtomicBool,
     /// Cancelled when the socket disconnects.
     gone: tokio_util::sync::CancellationToken,
+    /// The task keeping the recovery record, awaited before the last write.
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A client's connection to one namespace. Cheap to clone.
@@ -1329,6 +1390,16 @@ impl Socket {
     async fn closed(&self, reason: String) {
         if !self.0.gone.is_cancelled() {
             self.0.gone.cancel();
+            // Its last write must not land after this one.
+            let keeper = self
+                .0
+                .keeper
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(keeper) = keeper {
+                let _ = keeper.await;
+            }
             if let (Some(window), Some(pid)) = (self.0.io.config.recovery, &self.0.pid) {
                 if RECOVERABLE.contains(&reason.as_str()) {
                     self.save(window).await;
