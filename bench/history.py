@@ -32,20 +32,15 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from security import Node, bench, free_port  # noqa: E402  (the same process helpers)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOMCAST = os.path.join(ROOT, "target/release/roomcast")
-BENCH = os.path.join(ROOT, "target/release/roomcast-bench")
 ENV = {
     "ROOMCAST_SOCKETIO_BUILTIN_EVENTS": "true",
     "ROOMCAST_SOCKETIO_EVENT_PREFIX": "",
     "ROOMCAST_LIMITS_MAX_QUEUE_BYTES": str(16 << 20),
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Redis:
@@ -70,27 +65,6 @@ class Redis:
         self.proc.wait()
 
 
-class Node:
-    def __init__(self, tmp, lines, env):
-        self.port = free_port()
-        path = os.path.join(tmp, f"node-{self.port}.toml")
-        with open(path, "w") as f:
-            f.write(f'listen = "127.0.0.1:{self.port}"\nlog = "warn"\n' + "\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([ROOMCAST, "serve", "--config", path], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env={**os.environ, **env}, text=True)
-        line = self.proc.stdout.readline()
-        if "listening" not in line:
-            raise SystemExit(f"roomcast did not start: {line!r}")
-        self.addr = f"127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def wait_connected(node):
     """Polls /metrics until the node's Redis subscriber is up (bounded)."""
     import urllib.request
@@ -101,13 +75,6 @@ def wait_connected(node):
                 return
         time.sleep(0.05)  # poll interval, bounded by the deadline
     raise SystemExit("roomcast did not connect to redis")
-
-
-def bench(*args):
-    out = subprocess.run([BENCH, *args], capture_output=True, text=True, timeout=180)
-    if out.returncode != 0:
-        return {"status": "failed", "stderr": out.stderr.strip()[-500:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def config(backend, history, redis_url):

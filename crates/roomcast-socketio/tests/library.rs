@@ -14,12 +14,8 @@ use tokio::sync::mpsc;
 use roomcast_core::{Hub, HubConfig};
 use roomcast_socketio::socketio::{AckError, ConnectRefusal, Payload, SocketIo, SocketIoConfig};
 
-async fn serve(io: &SocketIo) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app: axum::Router = io.router("/socket.io/");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+async fn serve_io(io: &SocketIo) -> std::net::SocketAddr {
+    serve(io.router("/socket.io/")).await
 }
 
 fn io() -> SocketIo {
@@ -39,7 +35,7 @@ async fn connect_handlers_see_the_auth_payload_and_can_refuse_with_data() {
         socket.emit("welcome", &auth["name"]).ok();
         Ok(())
     });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (_, answer) = Sio::connect(addr, "/", json!({"password": "nope"})).await;
     assert_eq!(
         answer,
@@ -102,7 +98,7 @@ async fn events_acks_both_ways_binary_and_disconnect_reasons() {
             Ok(())
         }
     });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut c, _) = Sio::connect(addr, "/", json!({})).await;
 
     c.send(r#"425["sum",1,2,3]"#).await;
@@ -166,7 +162,7 @@ async fn rooms_except_sender_close_room_data_and_server_disconnect() {
             Ok(())
         }
     });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut a, _) = Sio::connect(addr, "/", json!({"name": "a"})).await;
     let (mut b, _) = Sio::connect(addr, "/", json!({"name": "b"})).await;
     a.send(r#"42["move",{"x":1}]"#).await;
@@ -200,7 +196,7 @@ async fn a_socket_id_is_a_room_holding_that_socket() {
         });
         Ok(())
     });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut a, _) = Sio::connect(addr, "/", json!({})).await;
     let (mut b, _) = Sio::connect(addr, "/", json!({})).await;
     let (mut c, _) = Sio::connect(addr, "/", json!({})).await;
@@ -224,7 +220,7 @@ async fn dynamic_namespaces_and_room_emits_from_outside_handlers() {
             Ok(())
         },
     );
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut c, answer) = Sio::connect(addr, "/tenant-42", json!({})).await;
     assert!(answer.starts_with("0/tenant-42,{\"sid\""), "{answer}");
     let (_, refused) = Sio::connect(addr, "/other", json!({})).await;
@@ -244,7 +240,7 @@ async fn periodic_emits_stop_with_the_hub() {
         socket.join("ticks").await.unwrap();
         Ok(())
     });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut c, _) = Sio::connect(addr, "/", json!({})).await;
     let timer = io.hub().every(Duration::from_millis(20), |hub| async move {
         let p = roomcast_core::Publication::json(
@@ -268,7 +264,7 @@ async fn periodic_emits_stop_with_the_hub() {
 async fn protocol_violations_close_with_a_close_frame_and_code() {
     let io = io();
     io.ns("/", |_, _| async move { Ok(()) });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     // A ping from the client is the wrong heartbeat direction.
     let (mut c, _) = Sio::open(addr, "/socket.io/").await;
     c.send("2").await;
@@ -336,7 +332,7 @@ async fn a_session_may_not_retry_refused_connects_without_end() {
             })
         }
     });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let http = reqwest::Client::new();
     let url = polling_session(&http, addr).await;
     let body = vec!["40"; 50].join("\x1e");
@@ -361,7 +357,7 @@ async fn a_session_may_not_retry_refused_connects_without_end() {
 async fn a_flood_of_packets_closes_the_session_instead_of_queueing_without_bound() {
     let io = io();
     io.ns("/", |_, _| async { Ok(()) });
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let http = reqwest::Client::new();
     let url = polling_session(&http, addr).await;
     // 200 000 tiny packets in one payload (600 kB, under maxPayload): far more

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{Sio, STEP};
+use support::{serve, Sio, STEP};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 
@@ -90,13 +90,6 @@ impl Server {
     fn ws_url(&self, query: &str) -> String {
         format!("ws://{}{}?{query}", self.addr, self.path)
     }
-}
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
 }
 
 /// The engine.io-protocol reference server: Engine.IO alone, echoing.

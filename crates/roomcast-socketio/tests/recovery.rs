@@ -13,12 +13,8 @@ use roomcast_core::room::RoomRules;
 use roomcast_core::{Hub, HubConfig};
 use roomcast_socketio::socketio::{Payload, SocketIo, SocketIoConfig};
 
-async fn serve(io: &SocketIo) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app: axum::Router = io.router("/socket.io/");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+async fn serve_io(io: &SocketIo) -> std::net::SocketAddr {
+    serve(io.router("/socket.io/")).await
 }
 
 /// A server whose rooms keep history and whose sockets may recover. A new
@@ -87,7 +83,7 @@ async fn whoami(c: &mut Sio) -> Value {
 #[tokio::test]
 async fn a_recovered_socket_gets_its_id_data_rooms_and_what_it_missed_across_rooms_in_order() {
     let io = server();
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut c1, answer) = Sio::connect(addr, "/", json!({"name": "ann"})).await;
     let first = connected(&answer);
     let pid = first["pid"]
@@ -153,7 +149,7 @@ async fn a_recovered_socket_gets_its_id_data_rooms_and_what_it_missed_across_roo
 #[tokio::test]
 async fn an_unknown_pid_and_a_server_without_recovery_give_fresh_sockets() {
     let io = server();
-    let addr = serve(&io).await;
+    let addr = serve_io(&io).await;
     let (mut c, answer) = Sio::connect(
         addr,
         "/",
@@ -178,7 +174,7 @@ async fn an_unknown_pid_and_a_server_without_recovery_give_fresh_sockets() {
         socket.join("a").await.unwrap();
         Ok(())
     });
-    let addr = serve(&plain).await;
+    let addr = serve_io(&plain).await;
     let (mut d, answer) = Sio::connect(addr, "/", json!({})).await;
     assert!(connected(&answer).get("pid").is_none(), "{answer}");
     plain.emit_to_room("a", "n", &1).await.unwrap();

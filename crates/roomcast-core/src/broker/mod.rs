@@ -147,23 +147,34 @@ pub mod suite {
         }
     }
 
-    impl Recorder {
-        async fn wait_for(&self, n: usize) -> Vec<Envelope> {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            loop {
-                {
-                    let got = self.0.lock().unwrap();
-                    if got.len() >= n {
-                        return got.clone();
-                    }
-                }
-                if tokio::time::timeout_at(deadline, self.1.notified())
-                    .await
-                    .is_err()
-                {
-                    panic!("timed out waiting for {n} envelopes");
+    /// What `items` holds once it holds `n` (`notify` is told of each push);
+    /// panics after 5 s, naming `what`.
+    pub(crate) async fn wait_for_items<T: Clone>(
+        items: &Mutex<Vec<T>>,
+        notify: &tokio::sync::Notify,
+        n: usize,
+        what: &str,
+    ) -> Vec<T> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            {
+                let got = items.lock().unwrap();
+                if got.len() >= n {
+                    return got.clone();
                 }
             }
+            if tokio::time::timeout_at(deadline, notify.notified())
+                .await
+                .is_err()
+            {
+                panic!("timed out waiting for {n} {what}");
+            }
+        }
+    }
+
+    impl Recorder {
+        async fn wait_for(&self, n: usize) -> Vec<Envelope> {
+            wait_for_items(&self.0, &self.1, n, "envelopes").await
         }
         fn len(&self) -> usize {
             self.0.lock().unwrap().len()

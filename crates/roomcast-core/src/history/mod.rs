@@ -178,21 +178,7 @@ pub mod suite {
 
     impl Recorder {
         async fn wait_for(&self, n: usize) -> Vec<Arc<Publication>> {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                {
-                    let got = self.0.lock().unwrap();
-                    if got.len() >= n {
-                        return got.clone();
-                    }
-                }
-                if tokio::time::timeout_at(deadline, self.1.notified())
-                    .await
-                    .is_err()
-                {
-                    panic!("timed out waiting for {n} publications");
-                }
-            }
+            crate::broker::suite::wait_for_items(&self.0, &self.1, n, "publications").await
         }
     }
 
