@@ -369,36 +369,46 @@ impl Tally {
     }
 }
 
+/// What [`hold`] did with a live publication.
+enum Hold {
+    /// Nothing: deliver it.
+    Pass,
+    /// Held back, or dropped as a late copy of what the join replayed.
+    Taken,
+    /// Held back past the queue limit: the connection is closed as slow.
+    Overflow,
+}
+
 /// Holds a live publication back if the connection is reading `room`'s
-/// history; returns whether it did.
-fn hold(c: &ConnState, room: &str, position: &StreamPosition, frame: &Frame) -> bool {
+/// history, or drops it if the join already replayed it.
+fn hold(c: &ConnState, room: &str, position: &StreamPosition, frame: &Frame) -> Hold {
     let mut h = c.held();
     if !h.rooms.iter().any(|r| r == room) {
         let Some(i) = h.filters.iter().position(|f| f.0 == room) else {
-            return false;
+            return Hold::Pass;
         };
         let (_, epoch, top) = &h.filters[i];
         if **epoch == *position.epoch && position.offset <= *top {
-            return true;
+            return Hold::Taken;
         }
         h.filters.swap_remove(i);
         if h.idle() {
             c.holding.store(false, Ordering::Release);
         }
-        return false;
+        return Hold::Pass;
     }
     h.bytes += frame.len();
     if h.bytes > c.outbox.limit() {
         drop(h);
         c.outbox.close(Disconnect::SLOW);
-        return true;
+        return Hold::Overflow;
     }
     h.held.push(Held {
         room: room.to_owned(),
         position: position.clone(),
         frame: frame.clone(),
     });
-    true
+    Hold::Taken
 }
 
 /// Stops holding `rooms` back; returns the frames held for them that `keep` keeps.
@@ -863,9 +873,15 @@ impl Hub {
             }
             if let Some(frame) = cache.frame(&c.protocol) {
                 if let Some((room, pos)) = positioned {
-                    if c.holding.load(Ordering::Acquire) && hold(c, room, pos, &frame) {
-                        delivered += 1;
-                        return;
+                    if c.holding.load(Ordering::Acquire) {
+                        match hold(c, room, pos, &frame) {
+                            Hold::Pass => {}
+                            Hold::Taken => return,
+                            Hold::Overflow => {
+                                tally.slow += 1;
+                                return;
+                            }
+                        }
                     }
                 }
                 if tally.push(c, frame) {

@@ -183,9 +183,8 @@ impl NamespaceProtocol {
         }
         if let Some(offset) = offset {
             // An opaque string to the client: the history sequence number.
-            s.push_str(",\"");
-            s.push_str(&offset.to_string());
-            s.push('"');
+            use std::fmt::Write as _;
+            let _ = write!(s, ",\"{offset}\"");
         }
         s.push(']');
         Frame::text(s)
@@ -557,7 +556,6 @@ async fn handle_packets(
     state: &Arc<SessionState>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) -> String {
-    let (inner, session, state) = (inner.clone(), session.clone(), state.clone());
     let deadline = tokio::time::Instant::now() + inner.config.connect_timeout;
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
     // The connect timeout applies until the first namespace is joined; a client
@@ -574,8 +572,8 @@ async fn handle_packets(
             m = rx.recv() => m,
             _ = tokio::time::sleep_until(deadline), if !ever_connected && pending.is_none() && !session.is_closed() => {
                 if state.sockets.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-                    close_session(&inner, &session, "connect timeout");
-                    return close_reason(&session);
+                    close_session(inner, session, "connect timeout");
+                    return close_reason(session);
                 }
                 continue;
             }
@@ -583,7 +581,7 @@ async fn handle_packets(
         let (msg, w) = match msg {
             Some(Queued::Packet(msg, w)) => (msg, w),
             Some(Queued::Closed(reason)) => return reason,
-            None => return close_reason(&session),
+            None => return close_reason(session),
         };
         state.queued.fetch_sub(w, Ordering::AcqRel);
         if session.is_closed() {
@@ -591,7 +589,7 @@ async fn handle_packets(
             if let Incoming::Text(text) = &msg {
                 if let Ok(p) = Packet::decode(text) {
                     if p.kind == Kind::Disconnect {
-                        dispatch(&inner, &session, &state, p, Vec::new()).await;
+                        dispatch(inner, session, state, p, Vec::new()).await;
                     }
                 }
             }
@@ -605,16 +603,16 @@ async fn handle_packets(
                         .as_ref()
                         .is_some_and(|d| packet::placeholders_valid(d, p.attachments))
                     {
-                        close_session(&inner, &session, "invalid placeholders");
-                        return close_reason(&session);
+                        close_session(inner, session, "invalid placeholders");
+                        return close_reason(session);
                     }
                     pending = Some((p, Vec::new()));
                     None
                 }
                 Ok(p) => Some((p, Vec::new())),
                 Err(e) => {
-                    close_session(&inner, &session, &e.to_string());
-                    return close_reason(&session);
+                    close_session(inner, session, &e.to_string());
+                    return close_reason(session);
                 }
             },
             (Incoming::Binary(b), Some((p, mut bins))) => {
@@ -627,12 +625,12 @@ async fn handle_packets(
                 }
             }
             (Incoming::Text(_), Some(_)) | (Incoming::Binary(_), None) => {
-                close_session(&inner, &session, "unexpected binary or missing attachment");
-                return close_reason(&session);
+                close_session(inner, session, "unexpected binary or missing attachment");
+                return close_reason(session);
             }
         };
         if let Some((p, bins)) = ready {
-            dispatch(&inner, &session, &state, p, bins).await;
+            dispatch(inner, session, state, p, bins).await;
         }
     }
 }
