@@ -17,26 +17,67 @@ fn binary() -> String {
     std::env::var("ROOMCAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
+/// How often a server is started on another port when its port was taken
+/// between the moment it was found free and the server's bind.
+const ATTEMPTS: usize = 5;
+
+/// How long a started server has to answer PING.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whether a Redis server answers PING at `url` within a second (whatever
+/// holds the port may accept and never answer).
+fn ping(url: &str) -> bool {
+    let limit = Duration::from_secs(1);
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(limit))
+        .and_then(|mut c| {
+            c.set_read_timeout(Some(limit))?;
+            redis::cmd("PING").query::<String>(&mut c)
+        })
+        .is_ok()
+}
+
 impl RedisServer {
-    /// Starts a server on a free port and waits until it answers PING.
+    /// Starts a server on a free port and waits until it answers PING; if the
+    /// child exits first (its port was taken meanwhile), another port is tried.
     ///
     /// Panics with a hint when `redis-server` is not installed
     /// (`apt-get install redis-server`, or set `ROOMCAST_REDIS_SERVER`).
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("no free port")
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.spawn();
-        server
+        RedisServer::start_on(|| free_port(u16::MAX), &[])
+    }
+
+    /// Starts a server with `extra` arguments on a port from `port`, retrying
+    /// with a fresh port when the child exits before answering.
+    fn start_on(port: impl Fn() -> u16, extra: &[&str]) -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let mut server = RedisServer {
+                port: port(),
+                child: None,
+            };
+            let args: Vec<String> = extra
+                .iter()
+                .map(|a| a.replace("{port}", &server.port.to_string()))
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match server.spawn_with(&args) {
+                Ok(()) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start in {ATTEMPTS} attempts: {last}");
     }
 
     fn spawn(&mut self) {
-        self.spawn_with(&[]);
+        if let Err(e) = self.spawn_with(&[]) {
+            panic!("{e}");
+        }
     }
 
-    fn spawn_with(&mut self, extra: &[&str]) {
+    /// Starts the child on `self.port`; an error when it exits or does not
+    /// answer in time (the child is then killed).
+    fn spawn_with(&mut self, extra: &[&str]) -> Result<(), String> {
         let child = Command::new(binary())
             .args(extra)
             .args([
@@ -62,23 +103,33 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
+        let r = self.wait_ready();
+        if r.is_err() {
+            self.kill();
+        }
+        r
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_WITHIN;
         loop {
-            let ok = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if ok.is_ok() {
-                return;
+            if ping(&self.url()) {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within 10 s",
-                self.port
-            );
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "redis-server on port {} exited ({status}) before answering",
+                        self.port
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server on port {} did not answer within {READY_WITHIN:?}",
+                    self.port
+                ));
+            }
             // Polling a process's readiness: there is no event to await.
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -129,11 +180,31 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("no free port")
-        .port()
+/// A loopback port that was free a moment ago, at most `max`.
+fn free_port(max: u16) -> u16 {
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("no free port")
+            .port();
+        if port <= max {
+            return port;
+        }
+    }
+    panic!("no free port at most {max}");
+}
+
+/// A Redis Cluster node also listens on its port + 10000 (the cluster bus).
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A free port whose cluster bus port is free and exists too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port(u16::MAX - CLUSTER_BUS_OFFSET);
+        if TcpListener::bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A Redis Cluster of `redis-server` child processes (masters only, no
@@ -150,23 +221,21 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "roomcast-redis-cluster-{}-{}",
             std::process::id(),
-            free_port()
+            free_port(u16::MAX)
         ));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let mut nodes = Vec::new();
         for _ in 0..n.max(3) {
-            let mut s = RedisServer {
-                port: free_port(),
-                child: None,
-            };
-            let conf = dir.join(format!("nodes-{}.conf", s.port));
-            s.spawn_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &conf.to_string_lossy(),
-            ]);
-            nodes.push(s);
+            let conf = dir.join("nodes-{port}.conf");
+            nodes.push(RedisServer::start_on(
+                free_cluster_port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf.to_string_lossy(),
+                ],
+            ));
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -225,5 +294,38 @@ impl Drop for RedisCluster {
             s.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_taken_port_is_noticed_and_another_one_tried() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let tries = Cell::new(0);
+        let server = RedisServer::start_on(
+            || {
+                tries.set(tries.get() + 1);
+                if tries.get() == 1 {
+                    taken_port
+                } else {
+                    free_port(u16::MAX)
+                }
+            },
+            &[],
+        );
+        assert_eq!(tries.get(), 2);
+        assert_ne!(server.port(), taken_port);
+    }
+
+    #[test]
+    fn cluster_ports_leave_room_for_the_bus() {
+        for _ in 0..50 {
+            assert!(free_cluster_port() <= u16::MAX - CLUSTER_BUS_OFFSET);
+        }
     }
 }
