@@ -597,11 +597,63 @@ async fn guard(State(s): State<Server>, req: Request, next: Next) -> Response {
             return e.into_response();
         }
     }
+    let method = req.method().clone();
     let resp = next.run(req).await;
-    if resp.status().is_client_error() || resp.status().is_server_error() {
+    let status = resp.status();
+    if status.is_client_error() || status.is_server_error() {
         m.api_errors.fetch_add(1, Ordering::Relaxed);
+        return json_error(resp, &method).await;
     }
     resp
+}
+
+/// Gives an error answer that axum made itself (a 405, a path that does not
+/// decode, ...) the JSON error body every `/api/` error has; keeps its headers
+/// (`Allow`). Answers that are JSON already pass unchanged.
+async fn json_error(resp: Response, method: &axum::http::Method) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let status = parts.status;
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            (
+                "method_not_allowed",
+                format!("{method} is not allowed here (allowed: {allowed})"),
+            )
+        }
+        StatusCode::NOT_FOUND => ("not_found", "no such API endpoint".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", text),
+        s if s.is_server_error() => ("internal_error", "internal error".to_owned()),
+        _ => ("bad_request", text),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        message
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 async fn not_found() -> ApiError {

@@ -241,6 +241,70 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     srv.stop().await;
 }
 
+/// 405s and paths that do not decode are answered by axum itself; they get
+/// the same JSON error body as every other `/api/` error.
+#[tokio::test]
+async fn errors_axum_answers_itself_are_json_too() {
+    let srv = start(config()).await;
+    let http = reqwest::Client::new();
+    let cases = [
+        (
+            reqwest::Method::GET,
+            "/api/publish",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/stats",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/history/r",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/presence/%FF%FF",
+            400,
+            "bad_request",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/users/%C3%28",
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let resp = http
+            .request(method.clone(), srv.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let allow = resp.headers().get("allow").cloned();
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{body}"
+        );
+        assert!(body["error"].get("field").is_some(), "{body}");
+        if status == 405 {
+            // The Allow header axum set is kept.
+            assert!(allow.is_some(), "{method} {path}");
+        }
+    }
+    assert_eq!(srv.metric("roomcast_api_errors_total").await, 5.0);
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn the_api_key_protects_api_routes_only() {
     let mut cfg = config();
