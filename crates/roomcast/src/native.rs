@@ -140,8 +140,102 @@ fn null() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).expect("null is JSON")
 }
 
-/// Decodes one client text frame.
+/// Decodes one client text frame. An error carries the frame's `id` whenever
+/// the frame is a JSON object with a readable one ([`request_id`]), whatever
+/// else is wrong with it.
 pub fn decode(text: &str) -> Result<Request, DecodeError> {
+    decode_command(text).map_err(|mut e| {
+        if e.id.is_none() {
+            e.id = request_id(text);
+        }
+        e
+    })
+}
+
+/// The top-level `id` of a frame that is a JSON object, when it is a
+/// non-negative integer, without decoding the rest: found in frames that are
+/// otherwise wrong (a field of the wrong type, nesting too deep, trailing
+/// characters), so that their error can name it. Reads without recursion.
+pub fn request_id(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    // The end of the string starting at b[i] == '"' (the index after its closing quote).
+    let string_end = |mut i: usize| -> Option<usize> {
+        i += 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    };
+    ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        ws(&mut i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = string_end(i)?;
+        let raw_key = &text[i..end];
+        let is_id = raw_key == "\"id\""
+            || (raw_key.contains('\\')
+                && serde_json::from_str::<String>(raw_key).is_ok_and(|k| k == "id"));
+        i = end;
+        ws(&mut i);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        if is_id {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let after = b.get(i).copied();
+            let ends = matches!(after, None | Some(b',' | b'}'))
+                || after.is_some_and(|c| c.is_ascii_whitespace());
+            return if i > start && ends {
+                text[start..i].parse().ok()
+            } else {
+                None
+            };
+        }
+        // Skip the value: strings, and nesting by depth alone.
+        let mut depth = 0usize;
+        loop {
+            match b.get(i)? {
+                b'"' => {
+                    i = string_end(i)?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => break,
+                b'}' | b']' => depth -= 1,
+                b',' if depth == 0 => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        match b.get(i)? {
+            b',' => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+fn decode_command(text: &str) -> Result<Request, DecodeError> {
     let first = text.trim_start().as_bytes().first().copied();
     if first != Some(b'{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
         return Err(DecodeError {
@@ -517,6 +611,46 @@ mod tests {
         );
         let e = decode(&deep).unwrap_err();
         assert!(e.message.contains("nested deeper"), "{}", e.message);
+    }
+
+    #[test]
+    fn errors_carry_every_readable_id() {
+        let cases = [
+            (r#"{"type":"join","room":5,"id":14}"#, Some(14)),
+            (r#"{"id":14,"type":"join","room":5}"#, Some(14)),
+            (
+                r#"{"type":"join","room":"h","since":{"offset":3},"id":15}"#,
+                Some(15),
+            ),
+            (r#"{"type":"ping","id":16} trailing"#, Some(16)),
+            (r#"{"type":"fly","id":17}"#, Some(17)),
+            (
+                r#"{"type":"publish","room":"r","event":"e","data":{"id":1,"x":"}"},"id":18,"exclude_self":"no"}"#,
+                Some(18),
+            ),
+            (r#"{"\u0069d":19,"type":5}"#, Some(19)),
+            (r#"{"type":5,"id":-1}"#, None),
+            (r#"{"type":5,"id":1.5}"#, None),
+            (r#"{"type":5,"id":"7"}"#, None),
+            (r#"{"type":5,"data":{"id":7}}"#, None),
+            (r#"[{"id":7}]"#, None),
+            ("not json", None),
+        ];
+        for (text, id) in cases {
+            let e = decode(text).unwrap_err();
+            assert_eq!(e.id, id, "{text}: {e:?}");
+        }
+        let deep = format!(
+            r#"{{"type":"publish","room":"r","event":"e","data":{}1{},"id":20}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let e = decode(&deep).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(20), "bad_request"));
+        assert!(e.message.contains("nested deeper"), "{}", e.message);
+        let huge = format!(r#"{{"id":21,"data":{}}}"#, "[".repeat(100_000));
+        assert_eq!(request_id(&huge), Some(21));
+        assert_eq!(request_id(&"{".repeat(100_000)), None);
     }
 
     #[test]

@@ -414,7 +414,7 @@ impl Task {
             Message::Text(text) => {
                 s.metrics.count_in(text.len());
                 if refused {
-                    let id = native::decode(text.as_str()).ok().and_then(|r| r.id);
+                    let id = native::request_id(text.as_str());
                     self.refuse(id, rate_limited());
                     return Inbound::Continue;
                 }

@@ -254,6 +254,41 @@ async fn bad_input_gets_error_frames_and_harms_no_one() {
     srv.stop().await;
 }
 
+/// A client waiting on its id hears back whatever was wrong with the frame.
+#[tokio::test]
+async fn every_error_names_the_id_of_the_frame_it_answers() {
+    let srv = start(config()).await;
+    let mut c = srv.client().await;
+    c.welcome().await;
+    let deep = format!(
+        r#"{{"type":"publish","room":"r","event":"e","data":{}1{},"id":16}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let frames = [
+        (r#"{"type":"join","room":5,"id":14}"#.to_owned(), 14),
+        (
+            r#"{"type":"join","room":"h","since":{"offset":3},"id":15}"#.to_owned(),
+            15,
+        ),
+        (deep, 16),
+        (
+            r#"{"id":17,"type":"publish","room":"r","event":"e","exclude_self":"yes"}"#.to_owned(),
+            17,
+        ),
+    ];
+    for (frame, id) in frames {
+        c.send_raw(Message::text(frame.clone())).await;
+        let e = c.recv_type("error").await;
+        assert_eq!(
+            (e["id"].as_u64(), e["code"].as_str()),
+            (Some(id), Some("bad_request")),
+            "{frame}: {e}"
+        );
+    }
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn an_oversize_message_closes_with_1009_and_others_continue() {
     let mut cfg = config();
