@@ -1135,7 +1135,7 @@ impl Hub {
             Vec::with_capacity(plan.len());
         for (room, since, limits) in &plan {
             pages.push(match limits {
-                Some(l) => Some(inner.history.read(room, since, l.size, l).await),
+                Some(l) => Some(self.read_or_open(room, since, l).await),
                 None => None,
             });
         }
@@ -1225,6 +1225,36 @@ impl Hub {
         }
         drop(h);
         Ok(recoveries)
+    }
+
+    /// Reads a joining connection's history page. The room's stream is
+    /// opened if it has none, so that the page always has a position to
+    /// resume from (offset 0 of a new epoch before the first publication).
+    async fn read_or_open(
+        &self,
+        room: &str,
+        since: &Since,
+        limits: &HistoryLimits,
+    ) -> Result<HistoryPage, HistoryError> {
+        let history = &self.inner.history;
+        if *since == Since::Latest {
+            return Ok(HistoryPage {
+                position: Some(history.open(room, limits).await?),
+                publications: Vec::new(),
+                complete: true,
+            });
+        }
+        let mut page = history.read(room, since, limits.size, limits).await?;
+        if page.position.is_some() {
+            return Ok(page);
+        }
+        let opened = history.open(room, limits).await?;
+        if opened.offset > 0 {
+            // Published to between the read and the open: read what is there now.
+            return history.read(room, since, limits.size, limits).await;
+        }
+        page.position = Some(opened);
+        Ok(page)
     }
 
     /// Joins a room, the raw way: no history.

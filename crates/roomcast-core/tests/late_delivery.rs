@@ -13,7 +13,7 @@ use roomcast_core::presence::MemoryPresence;
 use roomcast_core::room::RoomRules;
 use roomcast_core::{
     BoxFuture, Envelope, Frame, Hub, HubConfig, NodeId, PresenceEvent, Protocol, Publication,
-    Target,
+    StreamPosition, Target,
 };
 
 /// Passes deliveries on, or keeps them while gated.
@@ -80,6 +80,13 @@ impl HistoryStore for Laggy {
         limits: &HistoryLimits,
     ) -> BoxFuture<'_, Result<HistoryPage, HistoryError>> {
         self.store.read(room, since, limit, limits)
+    }
+    fn open(
+        &self,
+        room: &str,
+        limits: &HistoryLimits,
+    ) -> BoxFuture<'_, Result<StreamPosition, HistoryError>> {
+        self.store.open(room, limits)
     }
     fn remove(&self, room: &str) -> BoxFuture<'_, Result<(), HistoryError>> {
         self.store.remove(room)

@@ -91,6 +91,20 @@ end
 return {m[1], tonumber(m[2]), tonumber(m[3]), tonumber(m[4] or '0'), now, out}
 "#;
 
+/// Returns the stream's `{epoch, top, top seq}`, creating it at offset 0 in
+/// epoch ARGV[1] (kept ARGV[2] ms) when there is none.
+///
+/// KEYS: meta.
+const OPEN: &str = r#"
+local m = redis.call('HMGET', KEYS[1], 'e', 'o', 's')
+if not m[1] then
+  redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', 0, 's', 0, 'd', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {ARGV[1], 0, 0}
+end
+return {m[1], tonumber(m[2] or '0'), tonumber(m[3] or '0')}
+"#;
+
 type Entry = (u64, u64, u64, Vec<u8>);
 type Read = (Option<String>, u64, u64, u64, u64, Vec<Entry>);
 
@@ -212,6 +226,8 @@ impl HistoryStore for RedisHistory {
     ) -> BoxFuture<'_, Result<HistoryPage, HistoryError>> {
         let (from, count) = match since {
             Since::Latest => (1, 0),
+            // Everything: entries past their ttl may not be trimmed yet.
+            Since::Oldest => (0, limits.size.max(1)),
             Since::Offset { offset, .. } => (offset + 1, limit.max(1)),
             Since::Seq { .. } => (0, limits.size.max(1)),
         };
@@ -230,12 +246,15 @@ impl HistoryStore for RedisHistory {
                 return Ok(HistoryPage {
                     position: None,
                     publications: Vec::new(),
-                    complete: matches!(since, Since::Latest | Since::Seq { epoch: None, .. }),
+                    complete: matches!(
+                        since,
+                        Since::Latest | Since::Oldest | Since::Seq { epoch: None, .. }
+                    ),
                 });
             };
             let epoch: Arc<str> = Arc::from(epoch);
             let mut page = HistoryPage {
-                position: (top > 0).then(|| StreamPosition {
+                position: Some(StreamPosition {
                     offset: top,
                     epoch: epoch.clone(),
                     seq: top_seq,
@@ -246,6 +265,10 @@ impl HistoryStore for RedisHistory {
             let live = |e: &&Entry| e.2 + ttl > now;
             match &since {
                 Since::Latest => page.complete = true,
+                Since::Oldest => {
+                    page.complete = true;
+                    page.publications = decode(&entries, &epoch, limit, |e| live(&e))?;
+                }
                 Since::Offset { offset, epoch: e } => {
                     if **e != *epoch || *offset > top {
                         return Ok(page);
@@ -287,6 +310,27 @@ impl HistoryStore for RedisHistory {
                 }
             }
             Ok(page)
+        })
+    }
+
+    fn open(
+        &self,
+        room: &str,
+        limits: &HistoryLimits,
+    ) -> BoxFuture<'_, Result<StreamPosition, HistoryError>> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(OPEN)
+            .arg(1)
+            .arg(self.meta_key(room))
+            .arg(new_epoch())
+            .arg(ms(self.meta_ttl.max(limits.ttl)));
+        Box::pin(async move {
+            let (epoch, offset, seq): (String, u64, u64) = self.query(cmd).await?;
+            Ok(StreamPosition {
+                offset,
+                epoch: Arc::from(epoch),
+                seq,
+            })
         })
     }
 

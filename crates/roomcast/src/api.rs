@@ -378,6 +378,9 @@ async fn presence(
     })))
 }
 
+/// The most publications one history read answers with.
+const MAX_HISTORY_LIMIT: u64 = 1000;
+
 /// `GET /api/history/{room}?since=N&epoch=E&limit=L`: what the room's history
 /// holds after offset `since` (default: all of it), oldest first.
 async fn history(
@@ -404,7 +407,18 @@ async fn history(
         };
         match key {
             "since" => since = Some(number("since")?),
-            "limit" => limit = number("limit")?.clamp(1, 1000) as usize,
+            "limit" => {
+                limit = match number("limit")? {
+                    n @ 1..=MAX_HISTORY_LIMIT => n as usize,
+                    _ => {
+                        return Err(ApiError::field(
+                            "bad_request",
+                            "limit",
+                            format!("limit must be between 1 and {MAX_HISTORY_LIMIT}"),
+                        ))
+                    }
+                }
+            }
             "epoch" => epoch = Some(value.to_owned()),
             other => {
                 return Err(ApiError::field(
@@ -422,10 +436,16 @@ async fn history(
             "room": room, "epoch": null, "offset": 0, "complete": true, "publications": [],
         })));
     };
-    let epoch = epoch.unwrap_or_else(|| top.epoch.to_string());
-    let since = Since::Offset {
-        offset: since.unwrap_or(0),
-        epoch,
+    let since = match since {
+        Some(offset) => Since::Offset {
+            offset,
+            epoch: epoch.unwrap_or_else(|| top.epoch.to_string()),
+        },
+        None if epoch.as_deref().is_some_and(|e| *e != *top.epoch) => Since::Offset {
+            offset: 0,
+            epoch: epoch.unwrap_or_default(),
+        },
+        None => Since::Oldest,
     };
     let page = hub.history(&room, &since, limit).await?;
     let publications: Vec<Value> = page

@@ -108,7 +108,10 @@ async fn resume_gets_what_was_missed_then_live(nodes: Nodes) {
     let mut a = nodes.node(0).client().await;
     a.welcome().await;
     let ack = a.request(json!({"type": "join", "room": room})).await;
-    assert!(ack.get("offset").is_none(), "nothing published yet: {ack}");
+    // Nothing published yet: the position is offset 0 of the stream's epoch.
+    assert_eq!(ack["offset"], 0, "{ack}");
+    let opened = ack["epoch"].clone();
+    assert!(opened.is_string(), "{ack}");
     for n in 1..=5 {
         publish(&mut p, room, n).await;
     }
@@ -121,7 +124,10 @@ async fn resume_gets_what_was_missed_then_live(nodes: Nodes) {
         );
         epoch = m["epoch"].clone();
     }
-    assert!(epoch.is_string());
+    assert_eq!(
+        epoch, opened,
+        "the first publication is in the epoch the join gave"
+    );
     drop(a);
     for n in 6..=10 {
         publish(&mut p, room, n).await;
@@ -243,6 +249,53 @@ async fn an_impossible_recovery_says_so(nodes: Nodes) {
     nodes.stop().await;
 }
 
+/// A join before anything was published gets a position (offset 0 and the
+/// stream's epoch), so that a client that drops can resume from it.
+async fn a_join_before_the_first_publication_can_resume(nodes: Nodes) {
+    let room = "h:first";
+    let mut a = nodes.node(0).client().await;
+    a.welcome().await;
+    let ack = a.request(json!({"type": "join", "room": room})).await;
+    assert_eq!(ack["offset"], 0, "{ack}");
+    let epoch = ack["epoch"]
+        .as_str()
+        .expect("an epoch in the ack")
+        .to_owned();
+    drop(a);
+    for n in 1..=2 {
+        nodes
+            .node(1)
+            .post(
+                "/api/publish",
+                json!({"room": room, "event": "n", "data": n}),
+            )
+            .await;
+    }
+    let mut b = nodes.node(1).client().await;
+    b.welcome().await;
+    let ack = join_since(&mut b, room, json!({"offset": 0, "epoch": epoch})).await;
+    assert_eq!(
+        (&ack["recovered"], &ack["offset"], ack["epoch"].as_str()),
+        (&json!(true), &json!(2), Some(epoch.as_str())),
+        "{ack}"
+    );
+    for n in 1..=2 {
+        let m = message(&mut b).await;
+        assert_eq!(
+            (m["data"].as_u64(), m["offset"].as_u64()),
+            (Some(n), Some(n))
+        );
+    }
+    // An API read before any publication shows no stream; after a join it
+    // shows the opened one.
+    let (_, page) = nodes.node(0).get("/api/history/h:never").await;
+    assert_eq!(
+        page,
+        json!({"room": "h:never", "epoch": null, "offset": 0, "complete": true, "publications": []})
+    );
+    nodes.stop().await;
+}
+
 /// `GET /api/history/{room}` pages; `DELETE` starts a new epoch.
 async fn the_api_reads_and_removes_history(nodes: Nodes) {
     let room = "h:api";
@@ -274,6 +327,49 @@ async fn the_api_reads_and_removes_history(nodes: Nodes) {
     let epoch = page["epoch"].as_str().unwrap().to_owned();
     let (_, all) = srv.get(&format!("/api/history/{room}")).await;
     assert_eq!(all["publications"].as_array().unwrap().len(), 5);
+    // Without `since`: everything it holds, also once the oldest were trimmed.
+    for n in 1..=5 {
+        srv.post(
+            "/api/publish",
+            json!({"room": "small:api", "event": "n", "data": n}),
+        )
+        .await;
+    }
+    let (status, held) = nodes.node(1).get("/api/history/small:api").await;
+    assert_eq!(status, 200, "{held}");
+    let offsets: Vec<u64> = held["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (offsets, &held["complete"]),
+        (vec![3, 4, 5], &json!(true)),
+        "{held}"
+    );
+    let (_, held) = srv.get("/api/history/small:api?limit=2").await;
+    assert_eq!(held["publications"].as_array().unwrap().len(), 2, "{held}");
+    // `since` in a trimmed part: not complete, nothing given.
+    let (_, gap) = srv.get("/api/history/small:api?since=1").await;
+    assert_eq!(
+        (
+            &gap["complete"],
+            gap["publications"].as_array().unwrap().len()
+        ),
+        (&json!(false), 0)
+    );
+    // The limit is 1 to 1000.
+    for bad in ["0", "1001", "-1"] {
+        let (status, e) = srv.get(&format!("/api/history/{room}?limit={bad}")).await;
+        assert_eq!(
+            (status, e["error"]["field"].as_str()),
+            (400, Some("limit")),
+            "limit={bad}: {e}"
+        );
+    }
+    let (status, _) = srv.get(&format!("/api/history/{room}?limit=1000")).await;
+    assert_eq!(status, 200);
     // Bad input is a 4xx with a JSON body.
     let (status, e) = srv.get(&format!("/api/history/{room}?since=x")).await;
     assert_eq!((status, e["error"]["field"].as_str()), (400, Some("since")));
@@ -303,6 +399,16 @@ async fn the_api_reads_and_removes_history(nodes: Nodes) {
     assert_eq!(fresh["offset"], 1);
     assert_ne!(fresh["epoch"], epoch.as_str());
     nodes.stop().await;
+}
+
+#[tokio::test]
+async fn memory_a_join_before_the_first_publication_can_resume() {
+    a_join_before_the_first_publication_can_resume(Nodes::memory().await).await;
+}
+
+#[tokio::test]
+async fn redis_a_join_before_the_first_publication_can_resume() {
+    a_join_before_the_first_publication_can_resume(Nodes::redis().await).await;
 }
 
 #[tokio::test]

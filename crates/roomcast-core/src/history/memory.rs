@@ -56,17 +56,17 @@ impl Stream {
         }
     }
 
-    fn top(&self) -> Option<StreamPosition> {
-        (self.top > 0).then(|| StreamPosition {
+    fn top(&self) -> StreamPosition {
+        StreamPosition {
             offset: self.top,
             epoch: self.epoch.clone(),
             seq: self.top_seq,
-        })
+        }
     }
 
     fn read(&self, since: &Since, limit: usize) -> HistoryPage {
         let mut page = HistoryPage {
-            position: self.top(),
+            position: Some(self.top()),
             publications: Vec::new(),
             complete: false,
         };
@@ -80,6 +80,10 @@ impl Stream {
         };
         match since {
             Since::Latest => page.complete = true,
+            Since::Oldest => {
+                page.complete = true;
+                page.publications = after(&|_| true);
+            }
             Since::Offset { offset, epoch } => {
                 if **epoch != *self.epoch || *offset > self.top {
                     return page;
@@ -253,10 +257,28 @@ impl HistoryStore for MemoryHistory {
             None => HistoryPage {
                 position: None,
                 publications: Vec::new(),
-                complete: matches!(since, Since::Latest | Since::Seq { epoch: None, .. }),
+                complete: matches!(
+                    since,
+                    Since::Latest | Since::Oldest | Since::Seq { epoch: None, .. }
+                ),
             },
         };
         Box::pin(std::future::ready(Ok(page)))
+    }
+
+    fn open(
+        &self,
+        room: &str,
+        _limits: &HistoryLimits,
+    ) -> BoxFuture<'_, Result<StreamPosition, HistoryError>> {
+        let now = Instant::now();
+        let top = self
+            .lock()
+            .rooms
+            .entry(room.to_owned())
+            .or_insert_with(|| Stream::new(now))
+            .top();
+        Box::pin(std::future::ready(Ok(top)))
     }
 
     fn remove(&self, room: &str) -> BoxFuture<'_, Result<(), HistoryError>> {

@@ -49,6 +49,8 @@ pub struct HistoryLimits {
 pub enum Since {
     /// Nothing to replay: only the stream's current position.
     Latest,
+    /// Everything the stream holds (what the HTTP API reads without `since`).
+    Oldest,
     /// After this offset of this epoch (what the native protocol's `since` names).
     Offset {
         /// The last offset the reader has.
@@ -70,14 +72,17 @@ pub enum Since {
 /// What a read found.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
-    /// The stream's top (its last publication's position), or `None` when the
-    /// room has no stream (nothing published, or everything expired).
+    /// The stream's top (its last publication's position; offset 0 in a
+    /// stream [opened](HistoryStore::open) that nothing was published to
+    /// yet), or `None` when the room has no stream (never opened, forgotten
+    /// after `meta_ttl`, or removed).
     pub position: Option<StreamPosition>,
     /// Publications after the start, oldest first, at most the limit asked for.
     pub publications: Vec<Arc<Publication>>,
     /// `publications` start right after the reader's start: nothing between
     /// was lost (trimmed, expired, or in another epoch). When false,
-    /// `publications` is empty.
+    /// `publications` is empty. Always true for [`Since::Latest`] and
+    /// [`Since::Oldest`].
     pub complete: bool,
 }
 
@@ -125,6 +130,16 @@ pub trait HistoryStore: Send + Sync + 'static {
         limit: usize,
         limits: &HistoryLimits,
     ) -> BoxFuture<'_, Result<HistoryPage, HistoryError>>;
+
+    /// The room's stream position, creating the stream (a new epoch at offset
+    /// 0, kept for the store's `meta_ttl`) if the room has none: a reader
+    /// that starts before the first publication still has a position to
+    /// resume from. An existing stream is left as it is.
+    fn open(
+        &self,
+        room: &str,
+        limits: &HistoryLimits,
+    ) -> BoxFuture<'_, Result<StreamPosition, HistoryError>>;
 
     /// Removes a room's stream; the next publication starts a new epoch.
     fn remove(&self, room: &str) -> BoxFuture<'_, Result<(), HistoryError>>;
@@ -285,6 +300,46 @@ pub mod suite {
         let page = a.read(&room, &Since::Latest, 100, &LIMITS).await.unwrap();
         assert!(page.complete && page.publications.is_empty());
         assert_eq!(page.position.as_ref().unwrap(), &positions[6]);
+        // Oldest: everything held (offsets 3 to 7), at most the limit.
+        let page = b.read(&room, &Since::Oldest, 100, &LIMITS).await.unwrap();
+        assert!(page.complete);
+        assert_eq!(order(&page.publications), [3, 4, 5, 6, 7]);
+        let page = b.read(&room, &Since::Oldest, 2, &LIMITS).await.unwrap();
+        assert_eq!(order(&page.publications), [3, 4]);
+        // Opening an existing stream changes nothing.
+        assert_eq!(a.open(&room, &LIMITS).await.unwrap(), positions[6]);
+
+        // Opening a room nothing was published to gives it an epoch at
+        // offset 0; its first publication is offset 1 of that epoch.
+        let fresh = format!("{prefix}:fresh");
+        let page = a.read(&fresh, &Since::Oldest, 100, &LIMITS).await.unwrap();
+        assert!(page.position.is_none() && page.publications.is_empty());
+        let opened = a.open(&fresh, &LIMITS).await.unwrap();
+        assert_eq!(opened.offset, 0);
+        assert_eq!(
+            b.open(&fresh, &LIMITS).await.unwrap(),
+            opened,
+            "both nodes see one stream"
+        );
+        let page = b.read(&fresh, &Since::Latest, 100, &LIMITS).await.unwrap();
+        assert_eq!(page.position.as_ref(), Some(&opened));
+        let resume = Since::Offset {
+            offset: 0,
+            epoch: opened.epoch.to_string(),
+        };
+        let page = b.read(&fresh, &resume, 100, &LIMITS).await.unwrap();
+        assert!(page.complete && page.publications.is_empty());
+        let first = b
+            .publish(nb, publication(&fresh, 1), &LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.position.offset, &first.position.epoch),
+            (1, &opened.epoch)
+        );
+        let page = a.read(&fresh, &resume, 100, &LIMITS).await.unwrap();
+        assert!(page.complete);
+        assert_eq!(order(&page.publications), [1]);
 
         // By sequence number, across rooms.
         let other = format!("{prefix}:r2");
