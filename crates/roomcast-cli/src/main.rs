@@ -160,19 +160,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let router = server.router();
-    server.run(listener, router, shutdown_signal()).await?;
+    let signals = signals();
+    let mut first = signals.clone();
+    let mut second = signals;
+    let shutdown = async move {
+        let _ = first.wait_for(|&n| n >= 1).await;
+    };
+    tokio::select! {
+        r = server.run(listener, router, shutdown) => r?,
+        _ = second.wait_for(|&n| n >= 2) => {
+            tracing::warn!("second signal: exiting without waiting for the drain");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Counts SIGTERM and SIGINT: the first starts the graceful shutdown, a
+/// second one ends the drain at once.
+fn signals() -> tokio::sync::watch::Receiver<u32> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            tracing::warn!("cannot listen for signals; stop with SIGKILL");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    rx
 }

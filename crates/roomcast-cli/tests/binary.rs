@@ -154,3 +154,128 @@ async fn sigterm_closes_clients_with_4000_and_exits_zero() {
     assert!(tokio::net::TcpStream::connect(&server.addr).await.is_err());
     let _ = ws.send(Message::text("{}")).await;
 }
+
+/// One HTTP/1.1 request on a kept-alive connection; returns the status and body.
+async fn http_on(stream: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: roomcast\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "the connection closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = &text[..end];
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a content-length");
+        if buf.len() >= end + 4 + len {
+            let status = head[9..12].parse().unwrap();
+            return (status, text[end + 4..end + 4 + len].to_owned());
+        }
+    }
+}
+
+/// During the drain the listener stays: load balancers see `/healthz` 503,
+/// new WebSocket upgrades and Engine.IO handshakes get 503 `shutting_down`,
+/// and a request on a kept-alive connection is answered; the clients get
+/// 4000; a second signal ends the drain and the process exits 0.
+#[tokio::test]
+async fn during_the_drain_the_listener_answers_with_503s() {
+    let mut server = spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("ROOMCAST_SHUTDOWN_DRAIN_MS", "60000"),
+            ("ROOMCAST_SHUTDOWN_LINGER_MS", "60000"),
+        ],
+    )
+    .await;
+    let mut kept = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (status, body) = http_on(&mut kept, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    assert!(ws
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .to_text()
+        .unwrap()
+        .contains("welcome"));
+
+    let pid = server.child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(f) = m {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(4000));
+
+    // The client is gone; the node still answers, and says it is going.
+    let (status, body) = http_on(&mut kept, "/healthz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, r#"{"status":"shutting_down"}"#)
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://{}/healthz", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    match tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_ref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "shutting_down");
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    let r = http
+        .get(format!(
+            "http://{}/socket.io/?EIO=4&transport=polling",
+            server.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "shutting_down");
+
+    // A second signal ends the drain now.
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("roomcast exited in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

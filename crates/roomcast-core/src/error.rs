@@ -22,6 +22,15 @@ pub enum ConnectError {
     Presence(#[from] PresenceError),
 }
 
+impl From<crate::admission::AdmitError> for ConnectError {
+    fn from(e: crate::admission::AdmitError) -> Self {
+        match e {
+            crate::admission::AdmitError::Full { max } => ConnectError::ServerFull { max },
+            crate::admission::AdmitError::ShuttingDown => ConnectError::ShuttingDown,
+        }
+    }
+}
+
 /// A connection could not take a user id.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {

@@ -12,6 +12,7 @@ mod select;
 
 pub use select::Selection;
 
+use crate::admission::{Admission, Slot};
 use crate::broker::{Broker, BrokerError, EnvelopeSink, Health, MemoryBroker, MetricSample};
 use crate::error::*;
 use crate::history::{
@@ -209,7 +210,8 @@ struct Inner {
     node: NodeId,
     ids: ConnIdGen,
     open: AtomicUsize,
-    closing: AtomicBool,
+    /// Places for client connections, shared by every transport.
+    admission: Arc<Admission>,
     stopped: tokio_util::sync::CancellationToken,
     conns: Sharded<ConnId, Arc<ConnState>>,
     rooms: Sharded<String, HashMap<ConnId, Arc<ConnState>>>,
@@ -503,11 +505,11 @@ impl Hub {
     ) -> Hub {
         let node = NodeId::random();
         let inner = Arc::new(Inner {
+            admission: Admission::new(config.max_connections),
             config,
             node,
             ids: ConnIdGen::new(node),
             open: AtomicUsize::new(0),
-            closing: AtomicBool::new(false),
             stopped: tokio_util::sync::CancellationToken::new(),
             conns: Sharded::new(),
             rooms: Sharded::new(),
@@ -589,10 +591,26 @@ impl Hub {
 
     /// Whether [`shutdown`](Hub::shutdown) was called.
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.closing.load(Ordering::Relaxed)
+        self.inner.admission.is_closed()
     }
 
-    /// Opens a connection that speaks `protocol`, optionally bound to a user.
+    /// The places for client connections of this node (`max_connections`),
+    /// counted once across transports: [`connect`](Hub::connect) takes one per
+    /// connection; a transport that multiplexes connections over one session
+    /// (Engine.IO) takes one per session and opens its connections with
+    /// [`connect_shared`](Hub::connect_shared).
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.inner.admission
+    }
+
+    /// Takes a place for a client connection now (before a WebSocket upgrade,
+    /// say), for [`connect_admitted`](Hub::connect_admitted).
+    pub fn admit(&self) -> Result<Slot, ConnectError> {
+        Ok(self.inner.admission.admit()?)
+    }
+
+    /// Opens a connection that speaks `protocol`, optionally bound to a user;
+    /// it takes a place of [`admission`](Hub::admission) for its lifetime.
     ///
     /// The caller (a protocol's connection task) writes what the returned
     /// connection's [`Outbox`] hands out and calls [`Connection::close`] when the
@@ -602,22 +620,35 @@ impl Hub {
         protocol: Arc<dyn Protocol>,
         user: Option<&str>,
     ) -> Result<Connection, ConnectError> {
+        let slot = self.admit()?;
+        self.connect_admitted(protocol, user, slot).await
+    }
+
+    /// Like [`connect`](Hub::connect), in a place taken earlier with
+    /// [`admit`](Hub::admit); the connection frees it when it closes.
+    pub async fn connect_admitted(
+        &self,
+        protocol: Arc<dyn Protocol>,
+        user: Option<&str>,
+        slot: Slot,
+    ) -> Result<Connection, ConnectError> {
         let outbox = Arc::new(Outbox::new(self.inner.config.max_queue_bytes));
-        self.open(protocol, user, outbox, true).await
+        self.open(protocol, user, outbox, Some(slot)).await
     }
 
     /// Opens a connection that writes into an outbox shared with other
     /// connections of the same transport (Socket.IO namespaces multiplexed over
     /// one Engine.IO session). Closing the connection leaves the outbox open;
     /// closing the outbox (slow consumer, shutdown, a server-side disconnect)
-    /// ends every connection on it.
+    /// ends every connection on it. It takes no place of
+    /// [`admission`](Hub::admission): the session holds one for all of them.
     pub async fn connect_shared(
         &self,
         protocol: Arc<dyn Protocol>,
         user: Option<&str>,
         outbox: Arc<Outbox>,
     ) -> Result<Connection, ConnectError> {
-        self.open(protocol, user, outbox, false).await
+        self.open(protocol, user, outbox, None).await
     }
 
     /// A fresh outbox with this hub's queue limit, for [`connect_shared`](Hub::connect_shared).
@@ -630,21 +661,15 @@ impl Hub {
         protocol: Arc<dyn Protocol>,
         user: Option<&str>,
         outbox: Arc<Outbox>,
-        owns_outbox: bool,
+        slot: Option<Slot>,
     ) -> Result<Connection, ConnectError> {
         let inner = &self.inner;
-        if inner.closing.load(Ordering::Relaxed) {
+        if inner.admission.is_closed() {
             return Err(ConnectError::ShuttingDown);
         }
-        let max = inner.config.max_connections;
-        let reserved = inner
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            });
-        if reserved.is_err() {
-            return Err(ConnectError::ServerFull { max });
-        }
+        // A connection that owns its outbox holds its own place.
+        let owns_outbox = slot.is_some();
+        inner.open.fetch_add(1, Ordering::AcqRel);
         let user: Option<Arc<str>> = user.filter(|u| valid_user(u)).map(Arc::from);
         let state = Arc::new(ConnState {
             id: inner.ids.next(),
@@ -672,6 +697,7 @@ impl Hub {
         let conn = Connection {
             hub: self.clone(),
             state,
+            slot: Mutex::new(slot),
             done: AtomicBool::new(false),
         };
         let member = conn.member();
@@ -1044,7 +1070,7 @@ impl Hub {
     /// Closes every local connection with `reason` and refuses new ones. The
     /// connection tasks tell their clients and finish on their own.
     pub fn shutdown(&self, reason: Disconnect) -> usize {
-        self.inner.closing.store(true, Ordering::Relaxed);
+        self.inner.admission.close();
         self.inner.stopped.cancel();
         let mut all = Vec::new();
         self.inner
@@ -1546,6 +1572,8 @@ impl Hub {
 pub struct Connection {
     hub: Hub,
     state: Arc<ConnState>,
+    /// The place it holds (for connections that own their outbox).
+    slot: Mutex<Option<Slot>>,
     done: AtomicBool,
 }
 
@@ -1750,7 +1778,8 @@ impl Connection {
         if self.done.swap(true, Ordering::AcqRel) {
             return;
         }
-        cleanup(self.hub.clone(), self.state.clone()).await;
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        cleanup(self.hub.clone(), self.state.clone(), slot).await;
     }
 }
 
@@ -1760,13 +1789,18 @@ impl Drop for Connection {
             return;
         }
         let (hub, state) = (self.hub.clone(), self.state.clone());
+        let slot = self
+            .slot
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(cleanup(hub, state));
+            rt.spawn(cleanup(hub, state, slot));
         }
     }
 }
 
-async fn cleanup(hub: Hub, state: Arc<ConnState>) {
+async fn cleanup(hub: Hub, state: Arc<ConnState>, slot: Option<Slot>) {
     let inner = &hub.inner;
     let (user, rooms) = {
         let mut meta = state.meta();
@@ -1789,6 +1823,8 @@ async fn cleanup(hub: Hub, state: Arc<ConnState>) {
     if let Err(e) = inner.presence.disconnect(state.id).await {
         hub.backend_error(&e);
     }
+    // The place is free before the connection count says so.
+    drop(slot);
     inner.open.fetch_sub(1, Ordering::AcqRel);
     inner
         .metrics

@@ -6,6 +6,8 @@
 //!
 //! - [`Hub`] (`hub.rs`): the local index of connections, rooms and users;
 //!   join/leave, publish, server-side commands, presence queries, shutdown.
+//! - [`admission`]: the node's places for client connections
+//!   (`max_connections`), one count for every transport.
 //! - [`Connection`]: one open connection, owned by its protocol task.
 //! - [`Selection`] (`hub/select.rs`): actions on the local connections a
 //!   namespace/room/except selection picks, for messages that every node
@@ -60,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod broker;
 mod disconnect;
 pub mod error;

@@ -529,13 +529,22 @@ impl Default for WebSocketConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// After SIGTERM/SIGINT, how long to wait for connections to receive their
-    /// close (code 4000) before exiting anyway, in milliseconds. Default: 5000.
+    /// close (code 4000) before exiting anyway, in milliseconds. The listener
+    /// stays open meanwhile (`/healthz` and new connections answer 503
+    /// `shutting_down`). Default: 5000.
     pub drain_ms: u64,
+    /// Keep answering HTTP (with those 503s) at least this long after the
+    /// signal, even when every connection finished earlier, so that a load
+    /// balancer's health checks see the node go, in milliseconds. Default: 0.
+    pub linger_ms: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { drain_ms: 5_000 }
+        ShutdownConfig {
+            drain_ms: 5_000,
+            linger_ms: 0,
+        }
     }
 }
 

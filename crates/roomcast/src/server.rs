@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use roomcast_core::error::ConnectError;
 use roomcast_core::{Disconnect, Hub};
 
 /// The header the server sets on every request to the peer's address (a
@@ -265,9 +266,12 @@ impl Server {
     }
 
     /// Serves `router` (usually [`Server::router`], possibly merged into an
-    /// application's routes) on `listener` until `shutdown` resolves; then stops
-    /// accepting, closes every client with code 4000 and waits up to
-    /// `shutdown.drain_ms` for them to finish.
+    /// application's routes) on `listener` until `shutdown` resolves, then
+    /// [drains](Server::drain) with the listener still open: load balancers see
+    /// `/healthz` answer 503 `shutting_down` and new connections get 503,
+    /// while every client is closed with code 4000. Once the drain is over the
+    /// listener closes, HTTP exchanges still open get a moment to finish, and
+    /// `run` returns.
     pub async fn run(
         &self,
         listener: TcpListener,
@@ -275,40 +279,67 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         self.advertise(&listener);
-        let hub = self.hub().clone();
-        let signalled = async move {
+        let drained = tokio_util::sync::CancellationToken::new();
+        let (server, done) = (self.clone(), drained.clone());
+        let stop_accepting = async move {
             shutdown.await;
-            let n = hub.shutdown(Disconnect::SHUTDOWN);
-            tracing::info!(connections = n, "shutting down: closing client connections");
+            server.drain().await;
+            done.cancel();
         };
-        axum::serve(
+        let serving = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(signalled)
-        .await?;
-        self.drain().await;
+        .with_graceful_shutdown(stop_accepting);
+        tokio::select! {
+            r = serving => r?,
+            // A request that does not end (a client sending a body forever)
+            // does not hold the process once the drain is over.
+            _ = async {
+                drained.cancelled().await;
+                tokio::time::sleep(HTTP_GRACE).await;
+            } => tracing::warn!("HTTP requests still open after the drain; exiting"),
+        }
         Ok(())
     }
 
-    /// Closes every connection (code 4000) and waits up to `shutdown.drain_ms`
-    /// for their tasks to finish. Returns whether all did.
+    /// Starts the shutdown: refuses new connections (HTTP 503 `shutting_down`,
+    /// `/healthz` too), closes every connection with code 4000, and waits up
+    /// to `shutdown.drain_ms` for their tasks to finish, and at least
+    /// `shutdown.linger_ms` since the start. Returns whether every connection
+    /// finished.
     pub async fn drain(&self) -> bool {
-        self.hub().shutdown(Disconnect::SHUTDOWN);
+        let started = tokio::time::Instant::now();
+        let n = self.hub().shutdown(Disconnect::SHUTDOWN);
+        tracing::info!(connections = n, "shutting down: closing client connections");
+        if let Some(io) = self.socketio() {
+            io.engine().close_polling_sessions();
+        }
         self.inner.tasks.close();
-        let drain = Duration::from_millis(self.inner.config.shutdown.drain_ms);
-        let done = tokio::time::timeout(drain, self.inner.tasks.wait())
-            .await
-            .is_ok();
+        let c = &self.inner.config.shutdown;
+        let deadline = started + Duration::from_millis(c.drain_ms);
+        let finished = async {
+            self.inner.tasks.wait().await;
+            if let Some(io) = self.socketio() {
+                io.engine()
+                    .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                    .await;
+            }
+        };
+        let done = tokio::time::timeout_at(deadline, finished).await.is_ok();
         if !done {
             tracing::warn!(
-                left = self.inner.tasks.len(),
+                left = self.hub().local_connections(),
                 "drain time over; exiting with connections still open"
             );
         }
+        tokio::time::sleep_until(started + Duration::from_millis(c.linger_ms)).await;
         done
     }
 }
+
+/// How long HTTP exchanges may go on once the drain is over.
+const HTTP_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 struct WsQuery {
@@ -321,23 +352,26 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let hub = s.hub();
-    if hub.is_shutting_down() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "server shutting down",
-        );
-    }
-    let max = s.inner.config.limits.max_connections;
-    if max > 0 && hub.local_connections() >= max {
-        s.inner.metrics.disconnect(Disconnect::SERVER_FULL.code);
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_full",
-            "server full: try another node or later",
-        );
-    }
+    // The place is taken before the upgrade, so the answer is exact: one
+    // count with Engine.IO sessions (limits.max_connections).
+    let slot = match s.hub().admit() {
+        Ok(slot) => slot,
+        Err(ConnectError::ShuttingDown) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "server shutting down",
+            )
+        }
+        Err(_) => {
+            s.inner.metrics.disconnect(Disconnect::SERVER_FULL.code);
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_full",
+                "server full: try another node or later",
+            );
+        }
+    };
     let token = q.token.or_else(|| {
         headers
             .get(header::AUTHORIZATION)
@@ -352,7 +386,9 @@ async fn ws_upgrade(
         .write_buffer_size(c.websocket.write_buffer_bytes)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| tasks.track_future(crate::ws::serve(s, socket, token, headers)))
+        .on_upgrade(move |socket| {
+            tasks.track_future(crate::ws::serve(s, socket, slot, token, headers))
+        })
 }
 
 pub(crate) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {

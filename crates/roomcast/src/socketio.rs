@@ -41,7 +41,6 @@ pub(crate) fn build(
                 ping_timeout: Duration::from_millis(s.ping_timeout_ms),
                 max_payload: s.max_payload_bytes,
                 max_queue_bytes: config.limits.max_queue_bytes,
-                max_sessions: config.limits.max_connections,
                 cors,
                 ..EngineConfig::default()
             },

@@ -145,11 +145,12 @@ impl From<AuthError> for Refusal {
 pub(crate) async fn serve(
     server: Server,
     mut socket: WebSocket,
+    slot: roomcast_core::admission::Slot,
     token: Option<String>,
     headers: HeaderMap,
 ) {
     let s = server.inner();
-    let conn = match s.hub.connect(s.protocol.clone(), None).await {
+    let conn = match s.hub.connect_admitted(s.protocol.clone(), None, slot).await {
         Ok(c) => c,
         Err(e) => {
             let d = match e {

@@ -537,6 +537,54 @@ async fn max_connections_refuses_the_upgrade_with_503() {
     srv.stop().await;
 }
 
+/// `limits.max_connections` is one count for native connections and
+/// Engine.IO sessions (from their handshake, whatever namespaces they join).
+#[tokio::test]
+async fn max_connections_counts_every_transport_once() {
+    let mut cfg = config();
+    cfg.limits.max_connections = 1;
+    let srv = start(cfg).await;
+    let handshake = || async {
+        let r = reqwest::get(srv.url("/socket.io/?EIO=4&transport=polling"))
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    // A native connection fills the node: no Engine.IO session.
+    let mut native = srv.client().await;
+    native.welcome().await;
+    let (status, body) = handshake().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("server_full"), "{body}");
+    native.close().await;
+    // Once it is gone, an Engine.IO session gets the place, and no native
+    // connection gets in beside it.
+    // (The server frees the place as it cleans up; nothing to await but that.)
+    let polling = tokio::time::timeout(STEP, async {
+        loop {
+            match handshake().await {
+                (200, open) => break open,
+                (503, _) => tokio::task::yield_now().await,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the place was freed");
+    assert!(polling.starts_with('0'), "{polling}");
+    match Client::try_connect(srv.addr, "/ws", &[]).await {
+        Err((status, body)) => {
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (503, Some("server_full"))
+            )
+        }
+        Ok(_) => panic!("a native connection was admitted beside the Engine.IO session"),
+    }
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_every_client_4000() {
     let srv = start(config()).await;

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use roomcast_core::admission::{Admission, AdmitError, Slot};
 use roomcast_core::{Disconnect, Frame, Outbox, PushError};
 
 use packet::{Encoded, Packet};
@@ -46,8 +47,11 @@ pub struct EngineConfig {
     pub upgrade_timeout: Duration,
     /// Which browser origins get CORS headers.
     pub cors: Cors,
-    /// Most open sessions (connected to a namespace or not); a handshake over
-    /// it is answered 503. 0 means no limit. Default: 0.
+    /// Most open sessions (connected to a namespace or not) of an
+    /// [`EngineIo::new`]; a handshake over it is answered 503. 0 means no
+    /// limit. Default: 0. A server made with [`EngineIo::with_admission`]
+    /// (as [`SocketIo`](crate::socketio::SocketIo) does, with its hub's)
+    /// counts its sessions there instead.
     pub max_sessions: usize,
 }
 
@@ -165,6 +169,8 @@ pub struct Session {
     pub ext: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// The handshake request's headers.
     pub headers: HeaderMap,
+    /// The place the session holds, freed when it closes.
+    slot: Mutex<Option<Slot>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -229,6 +235,7 @@ pub struct EngineIo {
     me: Weak<EngineIo>,
     config: EngineConfig,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
+    admission: Arc<Admission>,
     handler: Arc<dyn EngineHandler>,
     tasks: TaskTracker,
     forwarding: std::sync::OnceLock<Forwarding>,
@@ -314,11 +321,26 @@ fn parse_query(q: Option<&str>) -> Query {
 }
 
 impl EngineIo {
-    /// An Engine.IO server that hands sessions to `handler`.
+    /// An Engine.IO server that hands sessions to `handler`, at most
+    /// `config.max_sessions` at once.
     pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Arc<EngineIo> {
+        let admission = Admission::new(config.max_sessions);
+        EngineIo::with_admission(config, handler, admission)
+    }
+
+    /// An Engine.IO server whose sessions each take a place of `admission`
+    /// (shared with other transports, such as a hub's); a handshake that gets
+    /// none is answered 503 (`server_full`, or `shutting_down` once the
+    /// admission is closed). `config.max_sessions` is not used.
+    pub fn with_admission(
+        config: EngineConfig,
+        handler: Arc<dyn EngineHandler>,
+        admission: Arc<Admission>,
+    ) -> Arc<EngineIo> {
         Arc::new_cyclic(|me| EngineIo {
             me: me.clone(),
             config,
+            admission,
             sessions: RwLock::new(HashMap::new()),
             handler,
             tasks: TaskTracker::new(),
@@ -417,6 +439,13 @@ impl EngineIo {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&session.sid);
+        drop(
+            session
+                .slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         session.closed.cancel();
         self.handler.on_close(session, &reason);
     }
@@ -440,7 +469,12 @@ impl EngineIo {
         Some(h)
     }
 
-    fn open_session(self: &Arc<Self>, headers: HeaderMap, websocket: bool) -> Arc<Session> {
+    fn open_session(
+        self: &Arc<Self>,
+        headers: HeaderMap,
+        websocket: bool,
+        slot: Slot,
+    ) -> Arc<Session> {
         let prefix = self.forwarding.get().map_or("", |f| f.sid_prefix.as_str());
         let session = Arc::new(Session {
             sid: format!("{prefix}{}", random_sid()),
@@ -457,6 +491,7 @@ impl EngineIo {
             close_reason: Mutex::new(None),
             ext: OnceLock::new(),
             headers,
+            slot: Mutex::new(Some(slot)),
         });
         self.sessions
             .write()
@@ -682,12 +717,12 @@ impl EngineIo {
     async fn websocket(
         self: Arc<Self>,
         mut ws: WebSocket,
-        upgrade_of: Option<Arc<Session>>,
+        upgrade_of: Result<Arc<Session>, Slot>,
         headers: HeaderMap,
     ) {
         let session = match upgrade_of {
-            None => self.open_session(headers, true),
-            Some(session) => match self.upgrade(&mut ws, &session).await {
+            Err(slot) => self.open_session(headers, true, slot),
+            Ok(session) => match self.upgrade(&mut ws, &session).await {
                 Ok(()) => session,
                 Err(()) => {
                     session.state().upgrading = false;
@@ -891,24 +926,36 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
             }
         },
     };
-    let max = eio.config.max_sessions;
-    if session.is_none() && max > 0 && eio.session_count() >= max {
-        let mut resp = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"code": "server_full", "message": "server full: try another node or later"})),
-        )
-            .into_response();
-        if let Some(h) = cors {
-            resp.headers_mut().extend(h);
-        }
-        return resp;
-    }
+    // A new session takes a place now: the answer says at once if there is none.
+    let session = match session {
+        Some(s) => Ok(s),
+        None => match eio.admission.admit() {
+            Ok(slot) => Err(slot),
+            Err(e) => {
+                let (code, message) = match e {
+                    AdmitError::Full { .. } => {
+                        ("server_full", "server full: try another node or later")
+                    }
+                    AdmitError::ShuttingDown => ("shutting_down", "server shutting down"),
+                };
+                let mut resp = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({"code": code, "message": message})),
+                )
+                    .into_response();
+                if let Some(h) = cors {
+                    resp.headers_mut().extend(h);
+                }
+                return resp;
+            }
+        },
+    };
     if websocket {
         if parts.method != Method::GET {
             return EioError::BadHandshakeMethod.response(cors);
         }
         let mut duplicate = false;
-        if let Some(s) = &session {
+        if let Ok(s) = &session {
             let mut st = s.state();
             if st.websocket || st.upgrading {
                 duplicate = true;
@@ -919,7 +966,7 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(u) => u,
             Err(e) => {
-                if let (Some(s), false) = (&session, duplicate) {
+                if let (Ok(s), false) = (&session, duplicate) {
                     s.state().upgrading = false;
                 }
                 return e.into_response();
@@ -942,13 +989,13 @@ async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Response {
             .on_upgrade(move |ws| tasks.track_future(eio.websocket(ws, session, headers)));
     }
     match (parts.method.clone(), session) {
-        (Method::GET, None) => {
-            let session = eio.open_session(parts.headers.clone(), false);
+        (Method::GET, Err(slot)) => {
+            let session = eio.open_session(parts.headers.clone(), false, slot);
             eio.poll(session, cors).await
         }
-        (_, None) => EioError::BadHandshakeMethod.response(cors),
-        (Method::GET, Some(s)) => eio.poll(s, cors).await,
-        (Method::POST, Some(s)) => {
+        (_, Err(_)) => EioError::BadHandshakeMethod.response(cors),
+        (Method::GET, Ok(s)) => eio.poll(s, cors).await,
+        (Method::POST, Ok(s)) => {
             let limit = eio.config.max_payload;
             match axum::body::to_bytes(body, limit).await {
                 Ok(bytes) => eio.post(&s, &bytes, cors),

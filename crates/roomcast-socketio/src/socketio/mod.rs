@@ -298,7 +298,13 @@ impl SocketIo {
             presence_event: RwLock::new(None),
             engine: std::sync::OnceLock::new(),
         });
-        let engine = EngineIo::new(config.engine, Arc::new(Handler(Arc::downgrade(&inner))));
+        // Sessions count against the hub's max_connections, with every other transport.
+        let admission = inner.hub.admission().clone();
+        let engine = EngineIo::with_admission(
+            config.engine,
+            Arc::new(Handler(Arc::downgrade(&inner))),
+            admission,
+        );
         let _ = inner.engine.set(Arc::downgrade(&engine));
         SocketIo { inner, engine }
     }
