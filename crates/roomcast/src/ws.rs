@@ -232,14 +232,15 @@ pub(crate) async fn serve(
     conn.close().await;
 }
 
-/// Checks credentials presented after the handshake and applies them, or
-/// (for a token on an authenticated connection) refreshes the expiry.
+/// Checks credentials presented after the handshake and applies them.
+/// `Ok(None)`: the connection is being closed instead (the per-user cap), so
+/// there is no ack.
 async fn authenticate(
     server: &Server,
     conn: &Connection,
     state: &ClientState,
     credentials: Credentials,
-) -> Result<serde_json::Value, Refusal> {
+) -> Result<Option<serde_json::Value>, Refusal> {
     let s = server.inner();
     if matches!(&credentials, Credentials::User(u) if !roomcast_core::valid_user(u)) {
         return Err(AuthError::InvalidUser.into());
@@ -256,18 +257,20 @@ async fn authenticate(
         .authenticate(credentials, &handshake)
         .await
         .map_err(|f| refuse_auth(server, f))?;
-    let rooms = s.access.admit(conn, state, identity).await.map_err(|d| {
-        Refusal::new(
-            if d == Disconnect::TOO_MANY_CONNECTIONS {
-                "too_many_connections"
-            } else {
-                "auth_failed"
-            },
-            d.reason,
-        )
-    })?;
+    let rooms = match s.access.admit(conn, state, identity).await {
+        Ok(rooms) => rooms,
+        // The per-user cap closes the connection however it became the user
+        // (documented as close code 4505); the disconnect frame is the answer.
+        Err(d) if d == Disconnect::TOO_MANY_CONNECTIONS => {
+            conn.outbox().close(d);
+            return Ok(None);
+        }
+        Err(d) => return Err(Refusal::new("auth_failed", d.reason)),
+    };
     s.access.join_granted(conn, &rooms).await;
-    Ok(json!({ "user": conn.user().as_deref(), "expires_at": state.expires_at() }))
+    Ok(Some(
+        json!({ "user": conn.user().as_deref(), "expires_at": state.expires_at() }),
+    ))
 }
 
 fn refuse_auth(server: &Server, f: AuthFailure) -> Refusal {
@@ -281,6 +284,16 @@ struct Task {
     state: Arc<ClientState>,
     socket: WebSocket,
     batch: Vec<Frame>,
+}
+
+/// What a command that succeeded is answered with.
+enum Reply {
+    /// An ack with these fields (when the command has an id).
+    Ack(serde_json::Value),
+    /// A pong, with or without an id.
+    Pong,
+    /// Nothing: the connection is being closed with its own code.
+    Nothing,
 }
 
 enum Inbound {
@@ -469,12 +482,13 @@ impl Task {
             return Inbound::Continue;
         }
         match self.execute(command, id.is_some()).await {
-            Ok(Some(fields)) => {
+            Ok(Reply::Ack(fields)) => {
                 if let Some(id) = id {
                     self.reply(native::encode_ack(id, fields));
                 }
             }
-            Ok(None) => {
+            Ok(Reply::Nothing) => {}
+            Ok(Reply::Pong) => {
                 // `ping`: always answered.
                 let mut pong = json!({"type": "pong"});
                 if let Some(id) = id {
@@ -522,17 +536,13 @@ impl Task {
         Ok(())
     }
 
-    /// Runs a command; `Ok(Some(fields))` is acknowledged with those fields.
+    /// Runs a command; `Ok(Reply::Ack(fields))` is acknowledged with those fields.
     ///
     /// A publication the client wants acknowledged (`acked`) is answered once
     /// the broker confirmed it is on its way to the other nodes; one without an
     /// `id` is only handed over, so that a client publishing a stream is not
     /// held up by a round trip per message. Both keep their order.
-    async fn execute(
-        &mut self,
-        command: ClientCommand,
-        acked: bool,
-    ) -> Result<Option<serde_json::Value>, Refusal> {
+    async fn execute(&mut self, command: ClientCommand, acked: bool) -> Result<Reply, Refusal> {
         let s = self.server.inner();
         let access = &s.access;
         let conn = &self.conn;
@@ -548,7 +558,7 @@ impl Task {
                 conn.publish_detached(p)
             }
         };
-        Ok(Some(match command {
+        Ok(Reply::Ack(match command {
             ClientCommand::Auth { token, user, data } => {
                 let proxy = s.config.auth.mode == crate::config::AuthMode::Proxy;
                 let credentials = match (token, user, data) {
@@ -562,7 +572,10 @@ impl Task {
                         ))
                     }
                 };
-                authenticate(&self.server, conn, state, credentials).await?
+                match authenticate(&self.server, conn, state, credentials).await? {
+                    Some(ack) => ack,
+                    None => return Ok(Reply::Nothing),
+                }
             }
             ClientCommand::Refresh { token } => {
                 if conn.user().is_none() {
@@ -644,7 +657,7 @@ impl Task {
                     .map_err(|e| Refusal::new("session_too_large", e))?;
                 json!({ "session": conn.session() })
             }
-            ClientCommand::Ping => return Ok(None),
+            ClientCommand::Ping => return Ok(Reply::Pong),
         }))
     }
 }

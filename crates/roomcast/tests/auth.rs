@@ -668,6 +668,45 @@ async fn with_anonymous_allowed_the_proxy_also_takes_an_auth_payload_and_tokens(
     srv.stop().await;
 }
 
+/// The per-user cap applies however the connect proxy names the user: at the
+/// upgrade (close 4505), for an auth payload later (close 4505), and for a
+/// Socket.IO CONNECT (connect_error `too_many_connections`).
+#[tokio::test]
+async fn the_per_user_cap_applies_to_every_way_the_proxy_names_a_user() {
+    let backend = Backend::start(sessions).await;
+    let mut cfg = proxy_config(&backend);
+    cfg.auth.anonymous = Anonymous::Allow;
+    cfg.limits.max_connections_per_user = 1;
+    let srv = start(cfg).await;
+    let cookie = [("cookie", "sessionid=alice")];
+    let mut first = srv.client_with("/ws", &cookie).await;
+    assert_eq!(first.welcome().await["user"], "42");
+    let second = srv.client_with("/ws", &cookie).await;
+    assert_eq!(second.closed().await.code, Some(4505));
+    let (_, answer) = sio::Sio::connect_with(srv.addr, "/", json!({}), &cookie).await;
+    assert!(
+        answer.starts_with(r#"4{"data":{"code":"too_many_connections"}"#),
+        "{answer}"
+    );
+    let mut ticket = srv.client().await;
+    ticket.welcome().await;
+    let ack = ticket
+        .request(json!({"type": "auth", "data": {"ticket": "abc"}}))
+        .await;
+    assert_eq!(ack["user"], "99", "{ack}");
+    let mut again = srv.client().await;
+    again.welcome().await;
+    again
+        .send(json!({"type": "auth", "data": {"ticket": "abc"}, "id": 1}))
+        .await;
+    let closed = again.closed().await;
+    assert_eq!(
+        (closed.code, closed.disconnect.unwrap()["code"].as_u64()),
+        (Some(4505), Some(4505))
+    );
+    srv.stop().await;
+}
+
 /// An application's own authenticator: tickets `ticket:<user>`.
 struct Tickets;
 

@@ -849,12 +849,22 @@ async fn a_user_may_hold_at_most_max_connections_per_user() {
     let closed = third.closed().await;
     assert_eq!(closed.code, Some(4505));
     assert_eq!(closed.disconnect.unwrap()["reconnect"], false);
-    let mut fourth = srv.client().await;
-    fourth.welcome().await;
-    let e = fourth
-        .request(json!({"type": "auth", "user": "alice"}))
-        .await;
-    assert_eq!(code(&e), "too_many_connections");
+    // The auth command (open mode, and a token) closes the same way.
+    for auth in [
+        json!({"type": "auth", "user": "alice", "id": 1}),
+        json!({"type": "auth", "token": t, "id": 1}),
+    ] {
+        let mut fourth = srv.client().await;
+        fourth.welcome().await;
+        fourth.send(auth).await;
+        let closed = fourth.closed().await;
+        assert_eq!(closed.code, Some(4505));
+        let d = closed.disconnect.unwrap();
+        assert_eq!(
+            (d["code"].as_u64(), d["reconnect"].as_bool()),
+            (Some(4505), Some(false))
+        );
+    }
     let (_, answer) = sio::Sio::connect(srv.addr, "/", json!({"token": t})).await;
     assert!(
         answer.starts_with(r#"4{"data":{"code":"too_many_connections"}"#),
@@ -884,7 +894,7 @@ async fn a_user_may_hold_at_most_max_connections_per_user() {
     assert_eq!(
         srv.metric(r#"roomcast_permission_denied_total{action="connect"}"#)
             .await,
-        101.0
+        102.0
     );
     srv.stop().await;
 }
