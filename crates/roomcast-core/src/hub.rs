@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value};
 
+mod echo;
 mod select;
 
 pub use select::Selection;
@@ -220,6 +221,8 @@ struct Inner {
     presence: Arc<dyn PresenceStore>,
     history: Arc<dyn HistoryStore>,
     metrics: HubMetrics,
+    /// Publishers waiting for this node's copy of their publication.
+    echoes: echo::Echoes,
 }
 
 /// The hub of one node; cheap to clone. See the crate docs for an example.
@@ -276,7 +279,10 @@ impl EnvelopeSink for Receiver {
                 }
             }
             payload => {
-                hub.deliver_local(&payload);
+                let n = hub.deliver_local(&payload);
+                if envelope.origin == hub.inner.node {
+                    hub.echoed(&payload, n);
+                }
             }
         }
     }
@@ -287,10 +293,14 @@ impl EnvelopeSink for Receiver {
                 self.receive(envelope);
                 0
             }
-            payload => self
-                .0
-                .upgrade()
-                .map_or(0, |inner| Hub { inner }.deliver_local(&payload)),
+            payload => self.0.upgrade().map_or(0, |inner| {
+                let hub = Hub { inner };
+                let n = hub.deliver_local(&payload);
+                if envelope.origin == hub.inner.node {
+                    hub.echoed(&payload, n);
+                }
+                n
+            }),
         }
     }
 
@@ -518,6 +528,7 @@ impl Hub {
             presence,
             history,
             metrics: HubMetrics::default(),
+            echoes: echo::Echoes::default(),
         });
         inner
             .broker
@@ -776,9 +787,18 @@ impl Hub {
     ///
     /// A publication to a room with history goes through the history store,
     /// which gives it its position and delivers it in stream order, this
-    /// node included (in a Redis cluster this node's members get it back
-    /// from Redis, and the count is 0).
+    /// node included. In a Redis cluster this node's members get it back
+    /// from Redis: `publish` returns once that copy was queued here (so a
+    /// publisher's answer comes after its own copy), or after
+    /// [`ECHO_WAIT`](echo::ECHO_WAIT) if it never comes (counting 0).
     pub async fn publish(&self, publication: Publication) -> Result<usize, PublishError> {
+        // Registered before the store has it, so that its delivery cannot come first.
+        let echo = match &publication.target {
+            Target::Room(room) if self.inner.config.rooms.history_for(room).is_some() => {
+                self.expect_echo(room)
+            }
+            _ => None,
+        };
         match self.publish_start(publication)? {
             Started::Sent(delivered, None) => Ok(delivered),
             Started::Sent(delivered, Some(sent)) => {
@@ -786,7 +806,13 @@ impl Hub {
                     .map_err(|source| PublishError::Broker { delivered, source })?;
                 Ok(delivered)
             }
-            Started::Stored(stored) => Ok(self.stored(stored.await)?.delivered),
+            Started::Stored(stored) => {
+                let published = self.stored(stored.await)?;
+                match echo {
+                    Some(echo) => Ok(echo.delivered(&published.position).await),
+                    None => Ok(published.delivered),
+                }
+            }
         }
     }
 

@@ -296,6 +296,53 @@ async fn a_join_before_the_first_publication_can_resume(nodes: Nodes) {
     nodes.stop().await;
 }
 
+/// The next frame that is not a presence event (the room announces joins).
+async fn next_not_presence(c: &mut Client) -> Value {
+    loop {
+        let f = c.recv().await;
+        if f["type"] != "presence" {
+            return f;
+        }
+    }
+}
+
+/// A publish's ack comes after the publisher's own copy, also when the copy
+/// comes back through Redis; `delivered` counts this node's members reached.
+async fn the_ack_comes_after_the_senders_own_copy(nodes: Nodes) {
+    let room = "h:order";
+    let mut p = nodes.node(0).user("pub").await;
+    p.join(room).await;
+    let mut other = nodes.node(0).user("other").await;
+    other.join(room).await;
+    for n in 1..=30u64 {
+        p.send(json!({"type": "publish", "room": room, "event": "n", "data": n, "id": 1000 + n}))
+            .await;
+        let first = next_not_presence(&mut p).await;
+        assert_eq!(
+            (first["type"].as_str(), first["data"].as_u64()),
+            (Some("message"), Some(n)),
+            "{first}"
+        );
+        let ack = next_not_presence(&mut p).await;
+        assert_eq!(
+            (ack["type"].as_str(), ack["id"].as_u64()),
+            (Some("ack"), Some(1000 + n)),
+            "{ack}"
+        );
+        assert_eq!(ack["delivered"], 2, "{ack}");
+        assert_eq!(other.recv_type("message").await["data"], n);
+    }
+    let (status, r) = nodes
+        .node(0)
+        .post(
+            "/api/publish",
+            json!({"room": room, "event": "n", "data": 0}),
+        )
+        .await;
+    assert_eq!((status, &r), (200, &json!({"delivered": 2})));
+    nodes.stop().await;
+}
+
 /// `GET /api/history/{room}` pages; `DELETE` starts a new epoch.
 async fn the_api_reads_and_removes_history(nodes: Nodes) {
     let room = "h:api";
@@ -409,6 +456,16 @@ async fn memory_a_join_before_the_first_publication_can_resume() {
 #[tokio::test]
 async fn redis_a_join_before_the_first_publication_can_resume() {
     a_join_before_the_first_publication_can_resume(Nodes::redis().await).await;
+}
+
+#[tokio::test]
+async fn memory_the_ack_comes_after_the_senders_own_copy() {
+    the_ack_comes_after_the_senders_own_copy(Nodes::memory().await).await;
+}
+
+#[tokio::test]
+async fn redis_the_ack_comes_after_the_senders_own_copy() {
+    the_ack_comes_after_the_senders_own_copy(Nodes::redis().await).await;
 }
 
 #[tokio::test]
