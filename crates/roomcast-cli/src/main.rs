@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Keep publications in room history for this many seconds (default 300)
     #[arg(long, value_name = "SECONDS")]
     history_ttl: Option<u64>,
+    /// `roomcast config` only: print keys and secrets as given instead of masked
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 impl ServeArgs {
@@ -116,12 +119,34 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Config(_) = cli.command {
-        print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
+        let shown = if args.show_secrets {
+            config
+        } else {
+            config.redacted()
+        };
+        print!("{}", toml::to_string_pretty(&shown).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.clone());
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) => match roomcast::config::check_log_filter(&f)
+            .and_then(|()| tracing_subscriber::EnvFilter::try_new(&f).map_err(|e| e.to_string()))
+        {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("roomcast: configuration error: RUST_LOG: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => match tracing_subscriber::EnvFilter::try_new(&config.log) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("roomcast: configuration error: log: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -137,6 +162,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<roomcast::StartError>() => {
+            eprintln!("roomcast: configuration error: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("roomcast: {e:#}");
             ExitCode::FAILURE

@@ -94,9 +94,14 @@ pub fn load(
         .filter(|(k, _)| k.starts_with("ROOMCAST_") && !NOT_SETTINGS.contains(&k.as_str()))
         .collect();
     vars.sort();
+    // Where each key given outside the file came from, to name it in errors.
+    let mut sources: Vec<(String, String)> = Vec::new();
     for (var, text) in vars {
         match keys.iter().find(|(k, _)| env_name(k) == var) {
-            Some((key, like)) => set(&mut table, key, typed(key, like, &text, &var)?),
+            Some((key, like)) => {
+                set(&mut table, key, typed(key, like, &text, &var)?);
+                sources.push((key.clone(), var));
+            }
             None => eprintln!("roomcast: ignoring {var}: no such setting"),
         }
     }
@@ -107,12 +112,43 @@ pub fn load(
             .map(|(_, v)| v.clone())
             .unwrap_or(Value::String(String::new()));
         set(&mut table, key, typed(key, &like, text, "flag")?);
+        sources.retain(|(k, _)| k != key);
+        sources.push((key.to_string(), format!("--{}", flag_name(key))));
     }
+    let from = |e: String| match sources.iter().find(|(k, _)| names(&e, k)) {
+        Some((_, source)) => format!("{source}: {e}"),
+        None => match file {
+            Some(path) => format!("{}: {e}", path.display()),
+            None => e,
+        },
+    };
     let config: Config = Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| e.to_string())?;
-    config.validate()?;
+        .map_err(|e: toml::de::Error| from(e.to_string().trim().to_owned()))?;
+    config.validate().map_err(from)?;
     Ok(config)
+}
+
+/// The command-line flag of a key (`auth.jwt.secret` is `--jwt-secret`).
+fn flag_name(key: &str) -> String {
+    match key {
+        "broker.url" => "broker".to_owned(),
+        "broker.emitters" => "emitters".to_owned(),
+        "auth.mode" => "auth".to_owned(),
+        "api.key" => "api-key".to_owned(),
+        other => other.trim_start_matches("auth.").replace(['.', '_'], "-"),
+    }
+}
+
+/// Whether the message `e` speaks of `key` (as a whole dotted name).
+fn names(e: &str, key: &str) -> bool {
+    e.match_indices(key).any(|(i, _)| {
+        let before = e[..i].chars().next_back();
+        let after = e[i + key.len()..].chars().next();
+        let edge =
+            |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+        edge(before) && edge(after)
+    })
 }
 
 #[cfg(test)]
@@ -206,6 +242,26 @@ mod tests {
         assert!(e.contains("heartbeat.interval_ms"), "{e}");
         let e = load(Some(Path::new("/nonexistent/roomcast.toml")), env(&[]), &[]).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_where_they_were_set() {
+        let e = load(None, env(&[("ROOMCAST_LOG", "verbose")]), &[]).unwrap_err();
+        assert!(e.starts_with("ROOMCAST_LOG: log: "), "{e}");
+        let e = load(None, env(&[]), &[("log", "verbose".into())]).unwrap_err();
+        assert!(e.starts_with("--log: log: "), "{e}");
+        let e = load(None, env(&[("ROOMCAST_AUTH_JWT_ALGORITHM", "none")]), &[]).unwrap_err();
+        assert!(
+            e.starts_with("ROOMCAST_AUTH_JWT_ALGORITHM: auth.jwt.algorithm must be one of"),
+            "{e}"
+        );
+        let f = write("[auth.jwt]\nalgorithm = \"hs256\"\n");
+        let e = load(Some(&f.0), env(&[]), &[]).unwrap_err();
+        assert!(e.contains(".toml: auth.jwt.algorithm"), "{e}");
+        let e = load(None, env(&[("ROOMCAST_HISTORY_TTL", "0")]), &[]).unwrap_err();
+        assert!(e.starts_with("ROOMCAST_HISTORY_TTL: "), "{e}");
+        assert_eq!(flag_name("auth.jwt.secret"), "jwt-secret");
+        assert_eq!(flag_name("history.size"), "history-size");
     }
 
     #[test]

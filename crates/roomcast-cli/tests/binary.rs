@@ -79,6 +79,93 @@ fn a_bad_config_file_names_the_key_and_line_and_exits_non_zero() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Values that parse but are wrong fail at load, in `config` and `serve`
+/// alike, with exit 2 and the key and where it was set.
+#[test]
+fn invalid_values_are_configuration_errors_at_load() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("ROOMCAST_LISTEN", "127.0.0.1:0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for command in ["config", "serve"] {
+        let (code, err) = run(&[command], &[("ROOMCAST_LOG", "verbose")]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(
+            err.contains("configuration error: ROOMCAST_LOG: log: \"verbose\""),
+            "{err}"
+        );
+        for alg in ["none", "hs256"] {
+            let (code, err) = run(&[command], &[("ROOMCAST_AUTH_JWT_ALGORITHM", alg)]);
+            assert_eq!(code, Some(2), "{command}: {err}");
+            assert!(
+                err.contains(
+                    "configuration error: ROOMCAST_AUTH_JWT_ALGORITHM: auth.jwt.algorithm"
+                ),
+                "{err}"
+            );
+        }
+    }
+    let (code, err) = run(&["serve", "--log", "loud"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--log: log:"), "{err}");
+    // RUST_LOG overrides `log`, and is checked the same way.
+    let (code, err) = run(&["serve"], &[("RUST_LOG", "verbose")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("configuration error: RUST_LOG"), "{err}");
+    // Key files are read at start: a missing one is a configuration error too.
+    let (code, err) = run(
+        &["serve", "--auth", "token"],
+        &[
+            ("ROOMCAST_AUTH_JWT_ALGORITHM", "RS256"),
+            ("ROOMCAST_AUTH_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("configuration error: auth.jwt: cannot read /nonexistent/key.pem"),
+        "{err}"
+    );
+}
+
+/// `roomcast config` masks secrets unless asked for them.
+#[test]
+fn config_masks_secrets() {
+    let path = temp_config(
+        "[api]\nkey = \"api-key-0123456789\"\nkeys = [{key = \"publisher-key\", scope = \"publish\"}]\n[auth.jwt]\nsecret = \"jwt-secret-abcdefgh\"\n[proxy]\nsecret = \"backend-secret\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in [
+        "api-key-01",
+        "publisher-key",
+        "jwt-secret",
+        "backend-secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    assert!(
+        text.contains("key = \"****6789 (18 chars, masked)\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("secret = \"****efgh (19 chars, masked)\""),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn flags_win_over_environment_and_file() {
     let path = temp_config("[api]\nkey = \"file\"\n[limits]\nmax_connections = 7\n");
@@ -89,6 +176,7 @@ fn flags_win_over_environment_and_file() {
             path.to_str().unwrap(),
             "--api-key",
             "flag",
+            "--show-secrets",
         ])
         .env("ROOMCAST_LIMITS_MAX_CONNECTIONS", "9")
         .env("ROOMCAST_API_KEY", "env")

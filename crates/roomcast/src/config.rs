@@ -283,7 +283,34 @@ impl Default for JwtConfig {
     }
 }
 
+/// The values `auth.jwt.algorithm` accepts, spelled exactly so.
+pub const JWT_ALGORITHMS: [&str; 5] = ["HS256", "HS384", "HS512", "RS256", "ES256"];
+
 impl JwtConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !JWT_ALGORITHMS.contains(&self.algorithm.as_str()) {
+            return Err(format!(
+                "auth.jwt.algorithm must be one of {}, got {:?}",
+                JWT_ALGORITHMS.join(", "),
+                self.algorithm
+            ));
+        }
+        let hmac = self.algorithm.starts_with("HS");
+        if hmac && !(self.public_key.is_empty() && self.public_key_file.is_empty()) {
+            return Err(format!(
+                "auth.jwt.public_key and auth.jwt.public_key_file need auth.jwt.algorithm RS256 or ES256, got {:?}",
+                self.algorithm
+            ));
+        }
+        if !hmac && !self.secret.is_empty() {
+            return Err(format!(
+                "auth.jwt.secret is for HS256, HS384 or HS512; auth.jwt.algorithm {:?} needs auth.jwt.public_key, auth.jwt.public_key_file or auth.jwt.jwks_file",
+                self.algorithm
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether any key is configured.
     pub fn has_key(&self) -> bool {
         !(self.secret.is_empty()
@@ -720,6 +747,28 @@ impl Config {
         }
     }
 
+    /// The configuration with its secrets masked, for printing: API keys,
+    /// the JWT secret, the backend secret and passwords in Redis URLs keep
+    /// enough to recognise which one is set (their length and last
+    /// characters), not enough to use.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.api.key = mask(&c.api.key);
+        for k in &mut c.api.keys {
+            k.key = mask(&k.key);
+        }
+        c.auth.jwt.secret = mask(&c.auth.jwt.secret);
+        c.proxy.secret = mask(&c.proxy.secret);
+        c.broker.url = c
+            .broker
+            .url
+            .split(',')
+            .map(mask_url_password)
+            .collect::<Vec<_>>()
+            .join(",");
+        c
+    }
+
     /// Settings that are valid but unsafe outside development, each as a
     /// sentence naming the key to change. The binary logs them at startup.
     pub fn warnings(&self) -> Vec<String> {
@@ -745,6 +794,8 @@ impl Config {
 
     /// Checks values that parse but make no sense; names the key.
     pub fn validate(&self) -> Result<(), String> {
+        check_log_filter(&self.log).map_err(|e| format!("log: {e}"))?;
+        self.auth.jwt.validate()?;
         let positive = [
             ("api.max_body_bytes", self.api.max_body_bytes as u64),
             (
@@ -824,9 +875,129 @@ impl Config {
     }
 }
 
+/// A secret as `roomcast config` prints it: empty stays empty; a long one
+/// keeps its last 4 characters, a short one none.
+fn mask(secret: &str) -> String {
+    let n = secret.chars().count();
+    match n {
+        0 => String::new(),
+        16.. => {
+            let tail: String = secret.chars().skip(n - 4).collect();
+            format!("****{tail} ({n} chars, masked)")
+        }
+        _ => format!("**** ({n} chars, masked)"),
+    }
+}
+
+/// `redis://user:password@host` with the password masked.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{scheme}://{user}:****@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The levels a log filter names.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a log filter: comma-separated directives, each a level or
+/// `target=level` (the target may carry a `[span{field}]` selector). A bare
+/// word that is not a level would be read as a target enabled at every
+/// level, which is never what `verbose` or `warning` meant.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let known = || LOG_LEVELS.join(", ");
+    if filter.trim().is_empty() {
+        return Err(format!("must name a level ({})", known()));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} has no target before `=`")),
+            None => directive,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "{directive:?} is not a level ({}) or target=level",
+                known()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_masks_every_secret() {
+        let mut c = Config::default();
+        c.api.key = "0123456789abcdefWXYZ".into();
+        c.api.keys = vec![ApiKey {
+            key: "short".into(),
+            scope: ApiScope::Publish,
+        }];
+        c.auth.jwt.secret = "jwt-secret-that-is-long".into();
+        c.proxy.secret = "backend".into();
+        c.broker.url = "redis://app:hunter2@127.0.0.1:6379/0".into();
+        let r = c.redacted();
+        assert_eq!(r.api.key, "****WXYZ (20 chars, masked)");
+        assert_eq!(r.api.keys[0].key, "**** (5 chars, masked)");
+        assert_eq!(r.auth.jwt.secret, "****long (23 chars, masked)");
+        assert_eq!(r.proxy.secret, "**** (7 chars, masked)");
+        assert_eq!(r.broker.url, "redis://app:****@127.0.0.1:6379/0");
+        let text = serde_json::to_string(&r).unwrap();
+        for secret in [
+            "0123456789abcdef",
+            "short",
+            "jwt-secret",
+            "backend",
+            "hunter2",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(Config::default().redacted(), Config::default());
+    }
+
+    #[test]
+    fn log_filters_name_levels() {
+        for ok in [
+            "info",
+            "WARN",
+            "roomcast=debug,tower_http=info",
+            "warn, roomcast[conn]=trace",
+        ] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["verbose", "", "info,", "roomcast=loud", "=info", "warning"] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn jwt_algorithms_are_spelled_exactly() {
+        let mut c = Config::default();
+        for bad in ["none", "hs256", "PS256", ""] {
+            c.auth.jwt.algorithm = bad.into();
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("auth.jwt.algorithm"), "{e}");
+        }
+        c.auth.jwt.algorithm = "RS256".into();
+        assert_eq!(c.validate(), Ok(()));
+        c.auth.jwt.secret = "s".into();
+        assert!(c.validate().unwrap_err().contains("auth.jwt.secret"));
+        c.auth.jwt.algorithm = "HS384".into();
+        assert_eq!(c.validate(), Ok(()));
+    }
 
     #[test]
     fn unsafe_settings_are_named_in_warnings() {
