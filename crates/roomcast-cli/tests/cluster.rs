@@ -28,10 +28,10 @@ impl Node {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--broker", redis])
-            .envs(env.iter().copied())
             .env("ROOMCAST_BROKER_HEARTBEAT_MS", "200")
             .env("ROOMCAST_BROKER_NODE_TTL_MS", "1000")
             .env("ROOMCAST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(match std::env::var_os("CLUSTER_LOG") {
                 Some(p) => Stdio::from(
@@ -408,6 +408,28 @@ async fn nodes_recover_after_redis_restarts() {
         cl.expect_events(&["after"]).await;
     }
     // What was published during the gap did not reach the other node: b1 got "after" first.
+}
+
+/// `nodes[]` in `/api/stats`: the answering node's own count is current,
+/// not the one of its last heartbeat (a minute apart here).
+#[tokio::test]
+async fn stats_give_this_nodes_connections_as_they_are() {
+    let redis = RedisServer::start();
+    let slow = [
+        ("ROOMCAST_BROKER_HEARTBEAT_MS", "60000"),
+        ("ROOMCAST_BROKER_NODE_TTL_MS", "120000"),
+    ];
+    let a = Node::start_with(&redis.url(), &slow).await;
+    a.until("/api/stats", |s| {
+        s["nodes"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    let _c1 = Client::connect(&a, "alice").await;
+    let _c2 = Client::connect(&a, "bob").await;
+    let s = a.get("/api/stats").await;
+    assert_eq!(s["node"]["connections"], 2, "{s}");
+    assert_eq!(s["nodes"][0]["node"], s["node"]["id"], "{s}");
+    assert_eq!(s["nodes"][0]["connections"], 2, "{s}");
 }
 
 /// Engine.IO long-polling with every request on a different node: each node

@@ -506,6 +506,11 @@ async fn stats(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
     let hub = s.hub();
     let t = hub.stats().await?;
     let mut nodes = hub.nodes().await?;
+    // Other nodes' counts are their last heartbeat's; this node's is current.
+    let this = hub.node().to_string();
+    for n in nodes.iter_mut().filter(|n| n.node == this) {
+        n.connections = hub.local_connections();
+    }
     if nodes.is_empty() {
         nodes.push(roomcast_core::presence::NodeInfo {
             node: hub.node().to_string(),

@@ -347,3 +347,43 @@ pub fn render_with(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric `/metrics` can show has a row in docs/http-api.md's table.
+    #[test]
+    fn every_metric_is_in_the_docs_table() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/http-api.md"
+        ))
+        .expect("docs/http-api.md exists");
+        let table = doc
+            .split("### `GET /metrics`")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("the metrics section");
+        let hub = Hub::new(roomcast_core::HubConfig::default());
+        let server = ServerMetrics::default();
+        server.denied("join");
+        let text = render_with(
+            &hub,
+            &server,
+            Some(&crate::backend::BackendMetrics::default()),
+        );
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() > 20, "{names:?}");
+        for name in names {
+            assert!(
+                table.contains(&format!("`{name}")),
+                "docs/http-api.md's metrics table lacks {name}"
+            );
+        }
+    }
+}

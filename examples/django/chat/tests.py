@@ -46,7 +46,7 @@ class RoomcastEndpointTests(TestCase):
             {
                 "event": event,
                 "data": data,
-                "conn": "0102a3f400000001",
+                "conn": "02a3f40000000001",
                 "user": str(user.pk) if user else None,
                 "session": {},
                 "rooms": list(rooms),
