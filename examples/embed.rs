@@ -7,8 +7,8 @@
 //! - a ticker that publishes the server time to the `clock` room every second,
 //!   stopped with the server.
 //!
-//! Run: `cargo run -p roomcast-examples --bin embed -- 127.0.0.1:8000`
-//! (the address defaults to 127.0.0.1:8000; port 0 picks a free one).
+//! Run: `cargo run -p roomcast-examples --bin embed -- 127.0.0.1:8700`
+//! (the address defaults to 127.0.0.1:8700; port 0 picks a free one).
 
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let addr = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8000".into());
+        .unwrap_or_else(|| "127.0.0.1:8700".into());
     let server = Server::new(Config::default());
     let hub = server.hub().clone();
 

@@ -89,7 +89,7 @@ def roomcast_config(django_url, secret, api_key):
     """examples/django/roomcast.toml, pointed at this run's Django, secret and API key."""
     text = (SITE / "roomcast.toml").read_text()
     for old, new in (
-        ("http://127.0.0.1:8001/", f"{django_url}/"),
+        ("http://127.0.0.1:8000/", f"{django_url}/"),
         ('secret = "s3cret"', f'secret = "{secret}"'),
         ('key = "dev-api-key"', f'key = "{api_key}"'),
     ):

@@ -64,7 +64,7 @@ struct Common {
         visible_alias = "target",
         value_name = "ADDR",
         value_delimiter = ',',
-        default_value = "127.0.0.1:8000"
+        default_value = "127.0.0.1:8700"
     )]
     addrs: Vec<SocketAddr>,
     /// Wire protocol.

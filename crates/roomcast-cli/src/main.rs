@@ -20,9 +20,13 @@ use roomcast::{Config, Server};
     version,
     about = "A real-time messaging server: rooms, presence and server push over WebSocket"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a command, `roomcast [flags]` is `roomcast serve [flags]`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -38,7 +42,7 @@ struct ServeArgs {
     /// TOML configuration file [env: ROOMCAST_CONFIG]
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free port)
+    /// Address to listen on, e.g. 127.0.0.1:8700 (port 0 picks a free port)
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// API key required on /api/* as `Authorization: Bearer <key>`
@@ -110,7 +114,8 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve(args) | Command::Config(args)) = &cli.command;
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let (Command::Serve(args) | Command::Config(args)) = &command;
     let config = match args.load() {
         Ok(c) => c,
         Err(e) => {
@@ -118,7 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Config(_) = cli.command {
+    if let Command::Config(_) = command {
         let shown = if args.show_secrets {
             config
         } else {

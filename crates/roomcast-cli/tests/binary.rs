@@ -135,6 +135,28 @@ fn invalid_values_are_configuration_errors_at_load() {
     );
 }
 
+/// `roomcast` with flags and no command serves, on 8700 unless told otherwise
+/// (beside Django's runserver on 8000).
+#[tokio::test]
+async fn no_command_means_serve() {
+    let out = Command::new(BIN).arg("config").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:8700\""), "{text}");
+    let mut bare = spawn(&["--listen", "127.0.0.1:0"], &[]).await;
+    let mut env = spawn(&[], &[("ROOMCAST_LISTEN", "127.0.0.1:0")]).await;
+    for r in [&bare, &env] {
+        let body = reqwest::get(format!("http://{}/healthz", r.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, r#"{"status":"ok"}"#);
+    }
+    let _ = bare.child.kill().await;
+    let _ = env.child.kill().await;
+}
+
 /// `roomcast config` masks secrets unless asked for them.
 #[test]
 fn config_masks_secrets() {

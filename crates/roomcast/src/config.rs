@@ -16,7 +16,7 @@ use roomcast_core::HubConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address and port to listen on. Default: `127.0.0.1:8000`.
+    /// Address and port to listen on. Default: `127.0.0.1:8700`.
     pub listen: SocketAddr,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter). Default: `info`.
     pub log: String,
@@ -73,7 +73,7 @@ impl Default for HistoryConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
             log: "info".to_owned(),
             api: ApiConfig::default(),
             auth: AuthConfig::default(),
@@ -1004,7 +1004,7 @@ mod tests {
         let local = Config::default();
         assert!(local.warnings().is_empty(), "{:?}", local.warnings());
         let mut exposed = Config {
-            listen: "0.0.0.0:8000".parse().unwrap(),
+            listen: "0.0.0.0:8700".parse().unwrap(),
             ..Config::default()
         };
         let w = exposed.warnings();

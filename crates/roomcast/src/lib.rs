@@ -39,7 +39,7 @@
 //!     hub.publish(p).await.unwrap();
 //! });
 //!
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8700").await?;
 //! server.run(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```

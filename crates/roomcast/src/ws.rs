@@ -560,7 +560,19 @@ impl Task {
         };
         Ok(Reply::Ack(match command {
             ClientCommand::Auth { token, user, data } => {
-                let proxy = s.config.auth.mode == crate::config::AuthMode::Proxy;
+                let mode = s.config.auth.mode;
+                let proxy = mode == crate::config::AuthMode::Proxy;
+                if (&token, &user, &data) == (&None, &None, &None) {
+                    use crate::config::AuthMode;
+                    return Err(Refusal::new(
+                        "bad_request",
+                        match mode {
+                            AuthMode::Open => "missing field `user` (or `token`)",
+                            AuthMode::Token => "missing field `token`",
+                            AuthMode::Proxy => "missing field `data` (or `token`)",
+                        },
+                    ));
+                }
                 let credentials = match (token, user, data) {
                     (Some(t), _, _) => Credentials::Token(t),
                     (None, _, Some(d)) if proxy => Credentials::Data(d),

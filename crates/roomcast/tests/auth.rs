@@ -49,6 +49,29 @@ fn signed(alg: Algorithm, private: &str, kid: Option<&str>, claims: &Value) -> S
 }
 
 /// The close a native client gets for a token presented at the upgrade.
+/// An `auth` command without credentials says which one the mode wants.
+#[tokio::test]
+async fn an_empty_auth_command_names_what_the_mode_wants() {
+    for (cfg, message) in [
+        (config(), "missing field `user` (or `token`)"),
+        (token_config(), "missing field `token`"),
+    ] {
+        let srv = start(cfg).await;
+        let mut c = srv.client().await;
+        c.welcome().await;
+        let e = c.request(json!({"type": "auth"})).await;
+        assert_eq!(
+            (
+                e["type"].as_str(),
+                e["code"].as_str(),
+                e["message"].as_str()
+            ),
+            (Some("error"), Some("bad_request"), Some(message)),
+            "{e}"
+        );
+    }
+}
+
 async fn close_for(srv: &TestServer, token: &str) -> (Option<u16>, String) {
     let c = Client::connect(srv.addr, &format!("/ws?token={token}")).await;
     let closed = c.closed().await;

@@ -15,7 +15,7 @@ from .models import Connection, Message, is_online, sids
 SECRET = "test-secret"
 ROOMCAST = {
     "SECRET": SECRET,
-    "PUBLIC_URL": "http://127.0.0.1:8000",
+    "PUBLIC_URL": "http://127.0.0.1:8700",
     "API_URL": "",
     "API_KEY": "",
     "DEFAULT_ROOMS": ["chat:lobby"],

@@ -9,10 +9,10 @@ environment, with development defaults:
     DJANGO_DB              path of the SQLite file (default: db.sqlite3 next to manage.py)
     ROOMCAST_PROXY_SECRET  the secret roomcast sends as X-Roomcast-Secret; the same
                            variable configures roomcast's proxy.secret (default: "s3cret")
-    ROOMCAST_PUBLIC_URL    where browsers reach roomcast (default: http://127.0.0.1:8000)
+    ROOMCAST_PUBLIC_URL    where browsers reach roomcast (default: http://127.0.0.1:8700)
     ROOMCAST_API_URL       roomcast's HTTP API as Django reaches it, to disconnect a user's
                            sockets when they log out; empty turns that off
-                           (default: http://127.0.0.1:8000/api)
+                           (default: http://127.0.0.1:8700/api)
     ROOMCAST_API_KEY       its key; the same variable configures roomcast's api.key
                            (default: "dev-api-key", as in roomcast.toml)
 """
@@ -108,9 +108,9 @@ ROOMCAST = {
     # Checked on every call to /roomcast/*: only roomcast knows it.
     "SECRET": env("ROOMCAST_PROXY_SECRET", "s3cret"),
     # For the chat page's socket.io-client.
-    "PUBLIC_URL": env("ROOMCAST_PUBLIC_URL", "http://127.0.0.1:8000"),
+    "PUBLIC_URL": env("ROOMCAST_PUBLIC_URL", "http://127.0.0.1:8700"),
     # roomcast's HTTP API, for pushes from ordinary Django code (chat.signals).
-    "API_URL": env("ROOMCAST_API_URL", "http://127.0.0.1:8000/api"),
+    "API_URL": env("ROOMCAST_API_URL", "http://127.0.0.1:8700/api"),
     "API_KEY": env("ROOMCAST_API_KEY", "dev-api-key"),
     # Rooms every connection joins when it connects.
     "DEFAULT_ROOMS": ["chat:lobby"],
