@@ -649,18 +649,12 @@ async fn json_error(resp: Response, method: &axum::http::Method) -> Response {
     let text = String::from_utf8_lossy(&text).trim().to_owned();
     let status = parts.status;
     let (code, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            (
-                "method_not_allowed",
-                format!("{method} is not allowed here (allowed: {allowed})"),
-            )
-        }
+        // axum adds the Allow header after this layer, so the message
+        // points at it rather than repeating it.
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("{method} is not allowed here (the Allow header lists what is)"),
+        ),
         StatusCode::NOT_FOUND => ("not_found", "no such API endpoint".to_owned()),
         StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", text),
         s if s.is_server_error() => ("internal_error", "internal error".to_owned()),

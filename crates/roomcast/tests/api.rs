@@ -297,8 +297,12 @@ async fn errors_axum_answers_itself_are_json_too() {
         );
         assert!(body["error"].get("field").is_some(), "{body}");
         if status == 405 {
-            // The Allow header axum set is kept.
+            // The Allow header axum set is kept, and the message points at it.
             assert!(allow.is_some(), "{method} {path}");
+            assert_eq!(
+                body["error"]["message"],
+                format!("{method} is not allowed here (the Allow header lists what is)")
+            );
         }
     }
     assert_eq!(srv.metric("roomcast_api_errors_total").await, 5.0);
