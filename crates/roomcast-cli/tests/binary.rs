@@ -22,6 +22,18 @@ struct Running {
     addr: String,
 }
 
+impl Running {
+    /// Sends SIGTERM, as a service manager stopping roomcast does.
+    fn sigterm(&self) {
+        let pid = self.child.id().expect("still running").to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
 /// Starts the binary and waits for its "listening on" line.
 async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Running {
     use tokio::io::AsyncBufReadExt;
@@ -232,12 +244,7 @@ async fn sigterm_closes_clients_with_4000_and_exits_zero() {
         .status();
     assert_eq!(status, 401);
 
-    let pid = server.child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.sigterm();
     let mut disconnect = None;
     let mut code = None;
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
@@ -328,12 +335,7 @@ async fn during_the_drain_the_listener_answers_with_503s() {
         .unwrap()
         .contains("welcome"));
 
-    let pid = server.child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.sigterm();
     let mut code = None;
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         if let Message::Close(f) = m {
@@ -378,11 +380,7 @@ async fn during_the_drain_the_listener_answers_with_503s() {
     assert_eq!(body["code"], "shutting_down");
 
     // A second signal ends the drain now.
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    server.sigterm();
     let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
         .await
         .expect("roomcast exited in time")
