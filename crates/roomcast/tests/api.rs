@@ -247,37 +247,13 @@ async fn bad_requests_get_json_errors_naming_the_field() {
 async fn errors_axum_answers_itself_are_json_too() {
     let srv = start(config()).await;
     let http = reqwest::Client::new();
+    use reqwest::Method as M;
     let cases = [
-        (
-            reqwest::Method::GET,
-            "/api/publish",
-            405,
-            "method_not_allowed",
-        ),
-        (
-            reqwest::Method::POST,
-            "/api/stats",
-            405,
-            "method_not_allowed",
-        ),
-        (
-            reqwest::Method::PUT,
-            "/api/history/r",
-            405,
-            "method_not_allowed",
-        ),
-        (
-            reqwest::Method::GET,
-            "/api/presence/%FF%FF",
-            400,
-            "bad_request",
-        ),
-        (
-            reqwest::Method::GET,
-            "/api/users/%C3%28",
-            400,
-            "bad_request",
-        ),
+        (M::GET, "/api/publish", 405, "method_not_allowed"),
+        (M::POST, "/api/stats", 405, "method_not_allowed"),
+        (M::PUT, "/api/history/r", 405, "method_not_allowed"),
+        (M::GET, "/api/presence/%FF%FF", 400, "bad_request"),
+        (M::GET, "/api/users/%C3%28", 400, "bad_request"),
     ];
     for (method, path, status, code) in cases {
         let resp = http
