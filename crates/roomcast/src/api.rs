@@ -2,6 +2,7 @@
 //! and stats, for any backend. `docs/http-api.md` is the reference.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -20,8 +21,12 @@ use roomcast_core::history::Since;
 use roomcast_core::room::RoomNameError;
 use roomcast_core::{ConnId, Disconnect, Publication, Target, Who};
 
+use crate::codes::Code;
+use crate::command::{Actor, CommandError, Commands, HubError};
 use crate::config::ApiScope;
-use crate::Server;
+
+/// The state of the API routes: the command layer.
+type Api = State<Arc<Commands>>;
 
 /// An API failure: an HTTP status and a JSON body
 /// `{"error":{"code":"...","message":"...","field":"..."}}`.
@@ -30,7 +35,7 @@ pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
     /// A stable, machine-readable code.
-    pub code: &'static str,
+    pub code: Code,
     /// What went wrong.
     pub message: String,
     /// The request field at fault, if one is.
@@ -38,7 +43,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl ToString) -> ApiError {
+    fn new(status: StatusCode, code: Code, message: impl ToString) -> ApiError {
         ApiError {
             status,
             code,
@@ -47,7 +52,7 @@ impl ApiError {
         }
     }
 
-    fn field(code: &'static str, field: &str, message: impl ToString) -> ApiError {
+    fn field(code: Code, field: &str, message: impl ToString) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code,
@@ -57,30 +62,31 @@ impl ApiError {
     }
 
     fn missing(field: &str) -> ApiError {
-        ApiError::field("bad_request", field, format!("missing field `{field}`"))
+        ApiError::field(Code::BAD_REQUEST, field, format!("missing field `{field}`"))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message, "field": self.field}});
         (self.status, Json(body)).into_response()
     }
 }
 
 fn room_error(field: &str, e: RoomNameError) -> ApiError {
-    ApiError::field("invalid_room", field, e)
+    ApiError::field(Code::INVALID_ROOM, field, e)
 }
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::InvalidRoom(e) => room_error("room", e),
-            PublishError::InvalidEvent => ApiError::field("invalid_event", "event", e),
-            PublishError::Broker { .. } | PublishError::History(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
-            }
+            PublishError::InvalidEvent => ApiError::field(Code::INVALID_EVENT, "event", e),
+            PublishError::Broker { .. } | PublishError::History(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::BACKEND_UNAVAILABLE,
+                e,
+            ),
         }
     }
 }
@@ -89,7 +95,11 @@ impl From<JoinError> for ApiError {
     fn from(e: JoinError) -> Self {
         match e {
             JoinError::InvalidRoom(e) => room_error("room", e),
-            e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e),
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::BACKEND_UNAVAILABLE,
+                e,
+            ),
         }
     }
 }
@@ -98,7 +108,11 @@ impl From<LeaveError> for ApiError {
     fn from(e: LeaveError) -> Self {
         match e {
             LeaveError::InvalidRoom(e) => room_error("room", e),
-            e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e),
+            e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::BACKEND_UNAVAILABLE,
+                e,
+            ),
         }
     }
 }
@@ -107,10 +121,32 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::InvalidRoom(e) => room_error("room", e),
-            QueryError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e),
-            QueryError::NoHistory => ApiError::new(StatusCode::NOT_FOUND, "no_history", e),
-            QueryError::Presence(_) | QueryError::History(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
+            QueryError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, Code::FORBIDDEN, e),
+            QueryError::NoHistory => ApiError::new(StatusCode::NOT_FOUND, Code::NO_HISTORY, e),
+            QueryError::Presence(_) | QueryError::History(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::BACKEND_UNAVAILABLE,
+                e,
+            ),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Hub(HubError::Publish(e)) => e.into(),
+            CommandError::Hub(HubError::Join(e)) => e.into(),
+            CommandError::Hub(HubError::Leave(e)) => e.into(),
+            CommandError::Hub(HubError::Query(e)) => e.into(),
+            CommandError::Hub(e @ HubError::Auth(_)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::BACKEND_UNAVAILABLE,
+                e,
+            ),
+            // The API is bound by no access rule; nothing refuses it today.
+            CommandError::Refused(r) => {
+                ApiError::new(StatusCode::FORBIDDEN, Code::FORBIDDEN, r.message)
             }
         }
     }
@@ -121,14 +157,14 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            Code::BAD_REQUEST,
             "body must be a JSON object",
         ));
     }
     if !roomcast_core::json_depth_within(bytes, roomcast_core::MAX_JSON_DEPTH) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            Code::BAD_REQUEST,
             format!(
                 "body nests JSON deeper than {} levels",
                 roomcast_core::MAX_JSON_DEPTH
@@ -142,7 +178,7 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         if !inner.is_data() {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                Code::BAD_REQUEST,
                 format!("body is not valid JSON: {inner}"),
             );
         }
@@ -150,16 +186,16 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         // serde names an unknown field in its message; lift it into `field`.
         if let Some(rest) = msg.strip_prefix("unknown field `") {
             let name = rest.split('`').next().unwrap_or_default();
-            return ApiError::field("bad_request", name, msg.clone());
+            return ApiError::field(Code::BAD_REQUEST, name, msg.clone());
         }
         if path == "." {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                Code::BAD_REQUEST,
                 format!("body must be a JSON object: {msg}"),
             )
         } else {
-            ApiError::field("bad_request", &path, format!("field `{path}`: {msg}"))
+            ApiError::field(Code::BAD_REQUEST, &path, format!("field `{path}`: {msg}"))
         }
     })
 }
@@ -173,9 +209,9 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "body_too_large"
+                Code::BODY_TOO_LARGE
             } else {
-                "bad_request"
+                Code::BAD_REQUEST
             };
             ApiError::new(e.status(), code, e.body_text())
         })?;
@@ -193,7 +229,7 @@ fn null() -> Box<RawValue> {
 
 fn parse_conn(field: &str, s: &str) -> Result<ConnId, ApiError> {
     s.parse()
-        .map_err(|e| ApiError::field("invalid_conn", field, e))
+        .map_err(|e| ApiError::field(Code::INVALID_CONN, field, e))
 }
 
 /// `user` or `conn`, exactly one.
@@ -202,12 +238,12 @@ fn who(user: Option<String>, conn: Option<String>) -> Result<Who, ApiError> {
         (Some(u), None) => Ok(Who::User(u)),
         (None, Some(c)) => Ok(Who::Conn(parse_conn("conn", &c)?)),
         (Some(_), Some(_)) => Err(ApiError::field(
-            "bad_request",
+            Code::BAD_REQUEST,
             "conn",
             "give `user` or `conn`, not both",
         )),
         (None, None) => Err(ApiError::field(
-            "bad_request",
+            Code::BAD_REQUEST,
             "user",
             "missing field `user` (or `conn`)",
         )),
@@ -223,10 +259,7 @@ struct PublishBody {
     exclude_conn: Option<String>,
 }
 
-async fn publish(
-    State(s): State<Server>,
-    Body(b): Body<PublishBody>,
-) -> Result<Json<Value>, ApiError> {
+async fn publish(State(s): Api, Body(b): Body<PublishBody>) -> Result<Json<Value>, ApiError> {
     let mut p = Publication::new(
         Target::Room(required("room", b.room)?),
         required("event", b.event)?,
@@ -245,10 +278,7 @@ struct BroadcastBody {
     data: Option<Box<RawValue>>,
 }
 
-async fn broadcast(
-    State(s): State<Server>,
-    Body(b): Body<BroadcastBody>,
-) -> Result<Json<Value>, ApiError> {
+async fn broadcast(State(s): Api, Body(b): Body<BroadcastBody>) -> Result<Json<Value>, ApiError> {
     deliver(
         &s,
         Publication::new(
@@ -261,8 +291,8 @@ async fn broadcast(
 }
 
 /// Publishes and answers with the number of local connections reached.
-async fn deliver(s: &Server, p: Publication) -> Result<Json<Value>, ApiError> {
-    let n = s.hub().publish(p).await?;
+async fn deliver(s: &Commands, p: Publication) -> Result<Json<Value>, ApiError> {
+    let n = s.publish(Actor::Server, p, true).await?;
     Ok(Json(json!({ "delivered": n })))
 }
 
@@ -275,7 +305,7 @@ struct SendBody {
     data: Option<Box<RawValue>>,
 }
 
-async fn send(State(s): State<Server>, Body(b): Body<SendBody>) -> Result<Json<Value>, ApiError> {
+async fn send(State(s): Api, Body(b): Body<SendBody>) -> Result<Json<Value>, ApiError> {
     let target = match who(b.user, b.conn)? {
         Who::User(u) => Target::User(u),
         Who::Conn(c) => Target::Conn(c),
@@ -299,21 +329,15 @@ struct MembershipBody {
     room: Option<String>,
 }
 
-async fn join(
-    State(s): State<Server>,
-    Body(b): Body<MembershipBody>,
-) -> Result<Json<Value>, ApiError> {
+async fn join(State(s): Api, Body(b): Body<MembershipBody>) -> Result<Json<Value>, ApiError> {
     let who = who(b.user, b.conn)?;
-    let n = s.hub().join(who, &required("room", b.room)?).await?;
+    let n = s.hub.join(who, &required("room", b.room)?).await?;
     Ok(Json(json!({ "joined": n })))
 }
 
-async fn leave(
-    State(s): State<Server>,
-    Body(b): Body<MembershipBody>,
-) -> Result<Json<Value>, ApiError> {
+async fn leave(State(s): Api, Body(b): Body<MembershipBody>) -> Result<Json<Value>, ApiError> {
     let who = who(b.user, b.conn)?;
-    let n = s.hub().leave(who, &required("room", b.room)?).await?;
+    let n = s.hub.leave(who, &required("room", b.room)?).await?;
     Ok(Json(json!({ "left": n })))
 }
 
@@ -323,11 +347,8 @@ struct RoomBody {
     room: Option<String>,
 }
 
-async fn close_room(
-    State(s): State<Server>,
-    Body(b): Body<RoomBody>,
-) -> Result<Json<Value>, ApiError> {
-    let n = s.hub().close_room(&required("room", b.room)?).await?;
+async fn close_room(State(s): Api, Body(b): Body<RoomBody>) -> Result<Json<Value>, ApiError> {
+    let n = s.hub.close_room(&required("room", b.room)?).await?;
     Ok(Json(json!({ "left": n })))
 }
 
@@ -340,15 +361,12 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-async fn disconnect(
-    State(s): State<Server>,
-    Body(b): Body<DisconnectBody>,
-) -> Result<Json<Value>, ApiError> {
+async fn disconnect(State(s): Api, Body(b): Body<DisconnectBody>) -> Result<Json<Value>, ApiError> {
     let who = who(b.user, b.conn)?;
     let code = b.code.unwrap_or(Disconnect::BY_SERVER.code);
     if !(4000..=4999).contains(&code) {
         return Err(ApiError::field(
-            "bad_request",
+            Code::BAD_REQUEST,
             "code",
             "code must be between 4000 and 4999",
         ));
@@ -358,18 +376,18 @@ async fn disconnect(
         b.reason
             .unwrap_or_else(|| Disconnect::BY_SERVER.reason.into_owned()),
     );
-    let n =
-        s.hub().disconnect(who, reason).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e)
-        })?;
+    let n = s.hub.disconnect(who, reason).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::BACKEND_UNAVAILABLE,
+            e,
+        )
+    })?;
     Ok(Json(json!({ "disconnected": n })))
 }
 
-async fn presence(
-    State(s): State<Server>,
-    Path(room): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let p = s.hub().room_presence(&room).await?;
+async fn presence(State(s): Api, Path(room): Path<String>) -> Result<Json<Value>, ApiError> {
+    let p = s.presence(Actor::Server, &room).await?;
     Ok(Json(json!({
         "room": room,
         "connections": p.connections,
@@ -384,7 +402,7 @@ const MAX_HISTORY_LIMIT: u64 = 1000;
 /// `GET /api/history/{room}?since=N&epoch=E&limit=L`: what the room's history
 /// holds after offset `since` (default: all of it), oldest first.
 async fn history(
-    State(s): State<Server>,
+    State(s): Api,
     Path(room): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -399,7 +417,7 @@ async fn history(
         let number = |field: &str| {
             value.parse::<u64>().map_err(|_| {
                 ApiError::field(
-                    "bad_request",
+                    Code::BAD_REQUEST,
                     field,
                     format!("{field} must be a non-negative integer"),
                 )
@@ -412,7 +430,7 @@ async fn history(
                     n @ 1..=MAX_HISTORY_LIMIT => n as usize,
                     _ => {
                         return Err(ApiError::field(
-                            "bad_request",
+                            Code::BAD_REQUEST,
                             "limit",
                             format!("limit must be between 1 and {MAX_HISTORY_LIMIT}"),
                         ))
@@ -422,14 +440,14 @@ async fn history(
             "epoch" => epoch = Some(value.to_owned()),
             other => {
                 return Err(ApiError::field(
-                    "bad_request",
+                    Code::BAD_REQUEST,
                     other,
                     format!("unknown query parameter `{other}` (known: since, epoch, limit)"),
                 ))
             }
         }
     }
-    let hub = s.hub();
+    let hub = &s.hub;
     let top = hub.history(&room, &Since::Latest, 0).await?.position;
     let Some(top) = top else {
         return Ok(Json(json!({
@@ -468,31 +486,25 @@ async fn history(
 
 /// `DELETE /api/history/{room}`: forget the room's history; its next
 /// publication starts a new epoch (clients resuming are told `recovered: false`).
-async fn delete_history(
-    State(s): State<Server>,
-    Path(room): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    s.hub().remove_history(&room).await?;
+async fn delete_history(State(s): Api, Path(room): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.hub.remove_history(&room).await?;
     Ok(Json(json!({ "room": room, "removed": true })))
 }
 
-async fn rooms(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "rooms": s.hub().rooms().await? })))
+async fn rooms(State(s): Api) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "rooms": s.hub.rooms().await? })))
 }
 
-async fn user(State(s): State<Server>, Path(user): Path<String>) -> Result<Json<Value>, ApiError> {
-    let p = s.hub().user_presence(&user).await?;
+async fn user(State(s): Api, Path(user): Path<String>) -> Result<Json<Value>, ApiError> {
+    let p = s.hub.user_presence(&user).await?;
     Ok(Json(
         json!({ "user": user, "online": p.online, "connections": p.connections }),
     ))
 }
 
-async fn connection(
-    State(s): State<Server>,
-    Path(conn): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn connection(State(s): Api, Path(conn): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_conn("conn", &conn)?;
-    Ok(Json(match s.hub().connection_info(id).await? {
+    Ok(Json(match s.hub.connection_info(id).await? {
         Some(info) => {
             let mut v = serde_json::to_value(info).unwrap_or_default();
             v["online"] = true.into();
@@ -502,8 +514,8 @@ async fn connection(
     }))
 }
 
-async fn stats(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
-    let hub = s.hub();
+async fn stats(State(s): Api) -> Result<Json<Value>, ApiError> {
+    let hub = &s.hub;
     let t = hub.stats().await?;
     let mut nodes = hub.nodes().await?;
     // Other nodes' counts are their last heartbeat's; this node's is current.
@@ -532,15 +544,15 @@ async fn stats(State(s): State<Server>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-async fn healthz(State(s): State<Server>) -> Response {
-    if s.hub().is_shutting_down() {
+async fn healthz(State(s): Api) -> Response {
+    if s.hub.is_shutting_down() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "shutting_down"})),
         )
             .into_response();
     }
-    match s.hub().backend_health() {
+    match s.hub.backend_health() {
         roomcast_core::broker::Health::Ok => Json(json!({"status": "ok"})).into_response(),
         // Local delivery still works: a degraded node keeps serving, so the
         // answer is 200 and load balancers keep it; monitoring reads the body.
@@ -550,17 +562,13 @@ async fn healthz(State(s): State<Server>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Server>) -> Response {
+async fn metrics(State(s): Api) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render_with(
-            s.hub(),
-            &s.inner().metrics,
-            s.inner().backend.as_deref().map(|b| &b.metrics),
-        ),
+        crate::metrics::render_with(&s.hub, &s.metrics, s.backend.as_deref().map(|b| &b.metrics)),
     )
         .into_response()
 }
@@ -574,10 +582,10 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 const PUBLISH_ROUTES: [&str; 3] = ["/publish", "/broadcast", "/send"];
 
 /// Counts requests and errors, and checks the API key and its scope.
-async fn guard(State(s): State<Server>, req: Request, next: Next) -> Response {
-    let m = &s.inner().metrics;
+async fn guard(State(s): Api, req: Request, next: Next) -> Response {
+    let m = &s.metrics;
     m.api_requests.fetch_add(1, Ordering::Relaxed);
-    let api = &s.inner().config.api;
+    let api = &s.config.api;
     if api.requires_key() {
         let given = req
             .headers()
@@ -601,7 +609,7 @@ async fn guard(State(s): State<Server>, req: Request, next: Next) -> Response {
                 "wrong_key",
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                    Code::UNAUTHORIZED,
                     "missing or wrong API key: send `Authorization: Bearer <key>`",
                 ),
             )),
@@ -609,7 +617,7 @@ async fn guard(State(s): State<Server>, req: Request, next: Next) -> Response {
                 "scope",
                 ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "insufficient_scope",
+                    Code::INSUFFICIENT_SCOPE,
                     "this key may only publish: /api/publish, /api/broadcast, /api/send",
                 ),
             )),
@@ -652,13 +660,13 @@ async fn json_error(resp: Response, method: &axum::http::Method) -> Response {
         // axum adds the Allow header after this layer, so the message
         // points at it rather than repeating it.
         StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
+            Code::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed here (the Allow header lists what is)"),
         ),
-        StatusCode::NOT_FOUND => ("not_found", "no such API endpoint".to_owned()),
-        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", text),
-        s if s.is_server_error() => ("internal_error", "internal error".to_owned()),
-        _ => ("bad_request", text),
+        StatusCode::NOT_FOUND => (Code::NOT_FOUND, "no such API endpoint".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::BODY_TOO_LARGE, text),
+        s if s.is_server_error() => (Code::INTERNAL_ERROR, "internal error".to_owned()),
+        _ => (Code::BAD_REQUEST, text),
     };
     let message = if message.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
@@ -676,11 +684,15 @@ async fn json_error(resp: Response, method: &axum::http::Method) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        Code::NOT_FOUND,
+        "no such API endpoint",
+    )
 }
 
 /// The `/api/*` routes, `/healthz` and `/metrics`.
-pub(crate) fn routes(server: &Server) -> Router<Server> {
+pub(crate) fn routes(s: Arc<Commands>) -> Router {
     let api = Router::new()
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
@@ -697,11 +709,12 @@ pub(crate) fn routes(server: &Server) -> Router<Server> {
         .route("/stats", get(stats))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
-            server.inner().config.api.max_body_bytes,
+            s.config.api.max_body_bytes,
         ))
-        .layer(axum::middleware::from_fn_with_state(server.clone(), guard));
+        .layer(axum::middleware::from_fn_with_state(s.clone(), guard));
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .with_state(s)
 }

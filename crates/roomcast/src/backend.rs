@@ -25,7 +25,7 @@ pub const SECRET_HEADER: &str = "x-roomcast-secret";
 /// speak as roomcast.
 const NEVER_FORWARDED: [&str; 9] = [
     SECRET_HEADER,
-    crate::server::PEER_HEADER,
+    crate::http::PEER_HEADER,
     "host",
     "content-type",
     "content-length",
@@ -38,86 +38,7 @@ const NEVER_FORWARDED: [&str; 9] = [
 /// The largest backend answer read; a larger one is a failed call.
 pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 
-/// What a backend call was for (a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallKind {
-    /// `proxy.connect_url`.
-    Connect,
-    /// `proxy.subscribe_url`.
-    Subscribe,
-    /// `proxy.rpc_url` and `proxy.rpc_routes`.
-    Rpc,
-    /// `proxy.webhook_url`.
-    Webhook,
-}
-
-impl CallKind {
-    /// Every kind, in metric order.
-    pub const ALL: [CallKind; 4] = [
-        CallKind::Connect,
-        CallKind::Subscribe,
-        CallKind::Rpc,
-        CallKind::Webhook,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallKind::Connect => "connect",
-            CallKind::Subscribe => "subscribe",
-            CallKind::Rpc => "rpc",
-            CallKind::Webhook => "webhook",
-        }
-    }
-}
-
-/// How a backend call ended (a metric label).
-pub const RESULTS: [&str; 4] = ["ok", "refused", "error", "timeout"];
-
-/// Counters of backend calls.
-#[derive(Debug, Default)]
-pub struct BackendMetrics {
-    calls: [[AtomicU64; 4]; 4],
-    /// Total seconds spent in calls, per kind (microseconds).
-    micros: [AtomicU64; 4],
-    /// Webhook events dropped because the queue was full or retries ran out.
-    pub webhooks_dropped: AtomicU64,
-}
-
-impl BackendMetrics {
-    fn count(&self, kind: CallKind, result: usize, took: Duration) {
-        self.calls[kind as usize][result].fetch_add(1, Ordering::Relaxed);
-        self.micros[kind as usize].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// `(kind, result, count)` for every pair.
-    pub fn calls(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let mut out = Vec::new();
-        for k in CallKind::ALL {
-            for (i, r) in RESULTS.iter().enumerate() {
-                out.push((
-                    k.as_str(),
-                    *r,
-                    self.calls[k as usize][i].load(Ordering::Relaxed),
-                ));
-            }
-        }
-        out
-    }
-
-    /// `(kind, seconds)`: time spent in calls of each kind.
-    pub fn seconds(&self) -> Vec<(&'static str, f64)> {
-        CallKind::ALL
-            .iter()
-            .map(|k| {
-                (
-                    k.as_str(),
-                    self.micros[*k as usize].load(Ordering::Relaxed) as f64 / 1e6,
-                )
-            })
-            .collect()
-    }
-}
+pub use crate::metrics::{BackendMetrics, CallKind, RESULTS};
 
 /// Why a backend call did not produce an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -727,5 +648,16 @@ async fn post_webhooks(backend: std::sync::Weak<Backend>, mut rx: mpsc::Receiver
         {
             b.metrics.webhooks_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl crate::auth::ConnectProxy for Backend {
+    fn connect<'a>(
+        &'a self,
+        handshake: &'a Handshake,
+        token: Option<String>,
+        data: Option<Value>,
+    ) -> roomcast_core::BoxFuture<'a, Result<Identity, AuthFailure>> {
+        Box::pin(Backend::connect(self, handshake, token, data))
     }
 }

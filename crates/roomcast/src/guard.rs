@@ -11,8 +11,19 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::server::{refuse, PEER_HEADER};
-use crate::Server;
+use std::sync::Arc;
+
+use crate::codes::Code;
+use crate::config::Config;
+use crate::http::{refuse, PEER_HEADER};
+use crate::metrics::ServerMetrics;
+
+/// What the handshake checks need.
+pub(crate) struct Guard {
+    pub config: Arc<Config>,
+    pub metrics: Arc<ServerMetrics>,
+    pub ip_limiter: IpLimiter,
+}
 
 /// Per-IP token buckets for new connections.
 #[derive(Debug)]
@@ -69,7 +80,11 @@ fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 
 /// Middleware on every route: records the peer address, and refuses client
 /// handshakes from origins not allowed (403) or over the per-IP rate (429).
-pub(crate) async fn handshake(State(s): State<Server>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn handshake(
+    State(s): State<Arc<Guard>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -80,7 +95,7 @@ pub(crate) async fn handshake(State(s): State<Server>, mut req: Request, next: N
             req.headers_mut().insert(PEER_HEADER, v);
         }
     }
-    let c = s.config();
+    let c = &s.config;
     let path = req.uri().path();
     let native = path == "/ws";
     let sio = c.socketio.enabled && path.starts_with(c.socketio.path.trim_end_matches('/'));
@@ -90,11 +105,11 @@ pub(crate) async fn handshake(State(s): State<Server>, mut req: Request, next: N
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(&c.auth.allowed_origins, origin) {
-            s.metrics().origin_rejected();
+            s.metrics.origin_rejected();
             tracing::info!(%origin, ?peer, "handshake refused: origin not allowed");
             return refuse(
                 StatusCode::FORBIDDEN,
-                "origin_not_allowed",
+                Code::ORIGIN_NOT_ALLOWED,
                 "this origin may not connect (auth.allowed_origins)",
             );
         }
@@ -109,12 +124,12 @@ pub(crate) async fn handshake(State(s): State<Server>, mut req: Request, next: N
             .any(|kv| kv.starts_with("sid="));
     if new_session && req.method() != axum::http::Method::OPTIONS {
         if let Some(p) = peer {
-            if !s.ip_limiter().allow(p.ip()) {
-                s.metrics().rate_limited("connection");
+            if !s.ip_limiter.allow(p.ip()) {
+                s.metrics.rate_limited("connection");
                 tracing::info!(ip = %p.ip(), "handshake refused: connection rate per IP");
                 let mut r = refuse(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
+                    Code::RATE_LIMITED,
                     "too many new connections from this address (limits.connection_rate_per_ip)",
                 );
                 r.headers_mut()

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use roomcast_core::Hub;
 
@@ -140,11 +141,7 @@ pub fn render(hub: &Hub, server: &ServerMetrics) -> String {
 }
 
 /// [`render`], plus the backend proxy's counters when there is one.
-pub fn render_with(
-    hub: &Hub,
-    server: &ServerMetrics,
-    backend: Option<&crate::backend::BackendMetrics>,
-) -> String {
+pub fn render_with(hub: &Hub, server: &ServerMetrics, backend: Option<&BackendMetrics>) -> String {
     let h = hub.metrics();
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(2048);
@@ -348,6 +345,87 @@ pub fn render_with(
     out
 }
 
+/// What a backend call was for (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `proxy.connect_url`.
+    Connect,
+    /// `proxy.subscribe_url`.
+    Subscribe,
+    /// `proxy.rpc_url` and `proxy.rpc_routes`.
+    Rpc,
+    /// `proxy.webhook_url`.
+    Webhook,
+}
+
+impl CallKind {
+    /// Every kind, in metric order.
+    pub const ALL: [CallKind; 4] = [
+        CallKind::Connect,
+        CallKind::Subscribe,
+        CallKind::Rpc,
+        CallKind::Webhook,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Connect => "connect",
+            CallKind::Subscribe => "subscribe",
+            CallKind::Rpc => "rpc",
+            CallKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// How a backend call ended (a metric label).
+pub const RESULTS: [&str; 4] = ["ok", "refused", "error", "timeout"];
+
+/// Counters of backend calls.
+#[derive(Debug, Default)]
+pub struct BackendMetrics {
+    calls: [[AtomicU64; 4]; 4],
+    /// Total seconds spent in calls, per kind (microseconds).
+    micros: [AtomicU64; 4],
+    /// Webhook events dropped because the queue was full or retries ran out.
+    pub webhooks_dropped: AtomicU64,
+}
+
+impl BackendMetrics {
+    pub(crate) fn count(&self, kind: CallKind, result: usize, took: Duration) {
+        self.calls[kind as usize][result].fetch_add(1, Ordering::Relaxed);
+        self.micros[kind as usize].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `(kind, result, count)` for every pair.
+    pub fn calls(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for k in CallKind::ALL {
+            for (i, r) in RESULTS.iter().enumerate() {
+                out.push((
+                    k.as_str(),
+                    *r,
+                    self.calls[k as usize][i].load(Ordering::Relaxed),
+                ));
+            }
+        }
+        out
+    }
+
+    /// `(kind, seconds)`: time spent in calls of each kind.
+    pub fn seconds(&self) -> Vec<(&'static str, f64)> {
+        CallKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str(),
+                    self.micros[*k as usize].load(Ordering::Relaxed) as f64 / 1e6,
+                )
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,11 +446,7 @@ mod tests {
         let hub = Hub::new(roomcast_core::HubConfig::default());
         let server = ServerMetrics::default();
         server.denied("join");
-        let text = render_with(
-            &hub,
-            &server,
-            Some(&crate::backend::BackendMetrics::default()),
-        );
+        let text = render_with(&hub, &server, Some(&BackendMetrics::default()));
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -1,42 +1,33 @@
-//! The server: the hub behind axum routes, and `run` to serve it with a graceful drain.
+//! The server: wires the hub, the command layer and the front ends (native
+//! WebSocket, Socket.IO, HTTP API) into axum routes, and `run` serves them
+//! with a graceful drain. Nothing here handles a request itself.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Html;
 use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use roomcast_core::error::ConnectError;
 use roomcast_core::{Disconnect, Hub};
 
-/// The header the server sets on every request to the peer's address (a
-/// client's own value is replaced), for handshake descriptions.
-pub(crate) const PEER_HEADER: &str = "x-roomcast-peer";
-
 use crate::access::Access;
-use crate::auth::{Authenticator, StandardAuthenticator};
+use crate::auth::{Authenticator, ConnectProxy, StandardAuthenticator};
 use crate::backend::Backend;
+use crate::command::Commands;
+use crate::guard::{Guard, IpLimiter};
 use crate::metrics::ServerMetrics;
 use crate::native::NativeProtocol;
 use crate::Config;
 
-pub(crate) struct Inner {
-    pub(crate) config: Config,
-    pub(crate) hub: Hub,
-    pub(crate) protocol: Arc<NativeProtocol>,
-    pub(crate) auth: Arc<dyn Authenticator>,
-    pub(crate) access: Arc<Access>,
-    pub(crate) backend: Option<Arc<Backend>>,
-    pub(crate) metrics: Arc<ServerMetrics>,
-    ip_limiter: crate::guard::IpLimiter,
+struct Inner {
+    commands: Arc<Commands>,
+    native: Arc<crate::native::Endpoint>,
+    guard: Arc<Guard>,
     socketio: Option<roomcast_socketio::socketio::SocketIo>,
     tasks: TaskTracker,
 }
@@ -51,7 +42,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("hub", &self.inner.hub)
+            .field("hub", &self.inner.commands.hub)
             .finish_non_exhaustive()
     }
 }
@@ -64,7 +55,7 @@ pub enum StartError {
     Redis(#[from] roomcast_redis::StartError),
     /// The JWT keys could not be loaded.
     #[error(transparent)]
-    Jwt(#[from] crate::jwt::KeyError),
+    Jwt(#[from] crate::auth::KeyError),
 }
 
 impl Server {
@@ -120,10 +111,10 @@ impl Server {
         tracing::info!(url = %b.url, node = %hub.node(), emitters = %b.emitters, "using the redis broker");
         let server = Server::try_with_hub(config, hub)?;
         if let Some(io) = server.socketio() {
-            let c = &server.inner.config.socketio;
+            let c = &server.config().socketio;
             let timeout = Duration::from_millis(c.ping_interval_ms + c.ping_timeout_ms + 10_000);
             let forwarder =
-                crate::cluster::Forwarder::new(server.hub().clone(), timeout, c.max_payload_bytes);
+                crate::forward::Forwarder::new(server.hub().clone(), timeout, c.max_payload_bytes);
             io.engine()
                 .set_forwarder(&server.hub().node().to_string(), Arc::new(forwarder));
         }
@@ -173,29 +164,45 @@ impl Server {
             });
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
-            None => Arc::new(StandardAuthenticator::new(&config.auth, backend.clone())?),
+            None => {
+                let proxy = backend.clone().map(|b| b as Arc<dyn ConnectProxy>);
+                Arc::new(StandardAuthenticator::new(&config.auth, proxy)?)
+            }
         };
         let metrics = Arc::new(ServerMetrics::default());
-        let access = Arc::new(Access::new(&config, backend.clone(), metrics.clone()));
+        let access = Access::new(&config, backend.clone(), metrics.clone());
+        let config = Arc::new(config);
+        let commands = Arc::new(Commands {
+            hub,
+            config: config.clone(),
+            auth,
+            access,
+            backend,
+            metrics: metrics.clone(),
+        });
         let socketio = config
             .socketio
             .enabled
-            .then(|| crate::socketio::build(&config, &hub, auth.clone(), access.clone()));
+            .then(|| crate::socketio::build(commands.clone()));
+        let tasks = TaskTracker::new();
         Ok(Server {
             inner: Arc::new(Inner {
-                auth,
-                access,
-                backend,
-                ip_limiter: crate::guard::IpLimiter::new(
-                    config.limits.connection_rate_per_ip,
-                    config.limits.connection_burst_per_ip,
-                ),
+                native: Arc::new(crate::native::Endpoint {
+                    commands: commands.clone(),
+                    protocol: Arc::new(NativeProtocol),
+                    tasks: tasks.clone(),
+                }),
+                guard: Arc::new(Guard {
+                    ip_limiter: IpLimiter::new(
+                        config.limits.connection_rate_per_ip,
+                        config.limits.connection_burst_per_ip,
+                    ),
+                    config,
+                    metrics,
+                }),
+                commands,
                 socketio,
-                config,
-                hub,
-                protocol: Arc::new(NativeProtocol),
-                metrics,
-                tasks: TaskTracker::new(),
+                tasks,
             }),
         })
     }
@@ -203,12 +210,12 @@ impl Server {
     /// Tells the cluster where this node serves HTTP: `broker.advertise`, or
     /// the listener's address when it is a specific one.
     fn advertise(&self, listener: &TcpListener) {
-        let configured = &self.inner.config.broker.advertise;
+        let configured = &self.config().broker.advertise;
         if !configured.is_empty() {
             self.hub().advertise(configured);
         } else if let Ok(addr) = listener.local_addr() {
             if addr.ip().is_unspecified() {
-                if !self.inner.config.broker.url.is_empty() {
+                if !self.config().broker.url.is_empty() {
                     tracing::warn!(%addr, "listening on every interface: set broker.advertise so other nodes can forward long-polling requests here");
                 }
             } else {
@@ -217,27 +224,19 @@ impl Server {
         }
     }
 
-    pub(crate) fn ip_limiter(&self) -> &crate::guard::IpLimiter {
-        &self.inner.ip_limiter
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
-    }
-
     /// The hub: publish, join, presence and more, from Rust code.
     pub fn hub(&self) -> &Hub {
-        &self.inner.hub
+        &self.inner.commands.hub
     }
 
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.inner.commands.config
     }
 
     /// Counters of the protocol and API layers.
     pub fn metrics(&self) -> &ServerMetrics {
-        &self.inner.metrics
+        &self.inner.commands.metrics
     }
 
     /// The Socket.IO server (when `socketio.enabled`): register more
@@ -252,17 +251,18 @@ impl Server {
     pub fn router(&self) -> Router {
         let mut router = Router::new()
             .route("/", get(chat_page))
-            .route("/ws", get(ws_upgrade))
-            .merge(crate::api::routes(self));
+            .route(
+                "/ws",
+                get(crate::native::upgrade).with_state(self.inner.native.clone()),
+            )
+            .merge(crate::api::routes(self.inner.commands.clone()));
         if let Some(io) = &self.inner.socketio {
-            router = router.merge(io.router(&self.inner.config.socketio.path));
+            router = router.merge(io.router(&self.config().socketio.path));
         }
-        router
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                crate::guard::handshake,
-            ))
-            .with_state(self.clone())
+        router.layer(axum::middleware::from_fn_with_state(
+            self.inner.guard.clone(),
+            crate::guard::handshake,
+        ))
     }
 
     /// Serves `router` (usually [`Server::router`], possibly merged into an
@@ -316,7 +316,7 @@ impl Server {
             io.engine().close_polling_sessions();
         }
         self.inner.tasks.close();
-        let c = &self.inner.config.shutdown;
+        let c = &self.config().shutdown;
         let deadline = started + Duration::from_millis(c.drain_ms);
         let finished = async {
             self.inner.tasks.wait().await;
@@ -340,64 +340,6 @@ impl Server {
 
 /// How long HTTP exchanges may go on once the drain is over.
 const HTTP_GRACE: Duration = Duration::from_secs(1);
-
-#[derive(Deserialize)]
-struct WsQuery {
-    token: Option<String>,
-}
-
-async fn ws_upgrade(
-    State(s): State<Server>,
-    Query(q): Query<WsQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    // The place is taken before the upgrade, so the answer is exact: one
-    // count with Engine.IO sessions (limits.max_connections).
-    let slot = match s.hub().admit() {
-        Ok(slot) => slot,
-        Err(ConnectError::ShuttingDown) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "server shutting down",
-            )
-        }
-        Err(_) => {
-            s.inner.metrics.disconnect(Disconnect::SERVER_FULL.code);
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_full",
-                "server full: try another node or later",
-            );
-        }
-    };
-    let token = q.token.or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned)
-    });
-    let c = &s.inner.config;
-    let max_message = c.limits.max_message_bytes;
-    let tasks = s.inner.tasks.clone();
-    ws.read_buffer_size(c.websocket.read_buffer_bytes)
-        .write_buffer_size(c.websocket.write_buffer_bytes)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| {
-            tasks.track_future(crate::ws::serve(s, socket, slot, token, headers))
-        })
-}
-
-pub(crate) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message, "field": null}})),
-    )
-        .into_response()
-}
 
 async fn chat_page() -> Html<&'static str> {
     Html(include_str!("../static/index.html"))

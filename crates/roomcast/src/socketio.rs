@@ -8,23 +8,22 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use roomcast_core::{Connection, Disconnect, Hub, Publication, Target, Who};
+use roomcast_core::{Connection, Disconnect, Publication, Target, Who};
 use roomcast_socketio::engineio::{Cors, EngineConfig};
 use roomcast_socketio::socketio::{
     AckSender, ConnectRefusal, Payload, Socket, SocketIo, SocketIoConfig,
 };
 
-use crate::access::{credentials_of, Access, ClientState, Denied, Rate};
-use crate::auth::{Authenticator, Credentials};
-use crate::config::{AuthMode, Config};
+use crate::access::{ClientState, Rate};
+use crate::auth::{Credentials, Handshake};
+use crate::codes::{Code, Refusal};
+use crate::command::{Actor, Client, CommandError, Commands};
+use crate::config::AuthMode;
 
 /// Builds the Socket.IO server of a roomcast configuration.
-pub(crate) fn build(
-    config: &Config,
-    hub: &Hub,
-    auth: Arc<dyn Authenticator>,
-    access: Arc<Access>,
-) -> SocketIo {
+pub(crate) fn build(commands: Arc<Commands>) -> SocketIo {
+    let config = commands.config.clone();
+    let hub = &commands.hub;
     let s = &config.socketio;
     let cors = if s.cors_origins.iter().any(|o| o == "*") {
         Cors::Any
@@ -55,9 +54,7 @@ pub(crate) fn build(
         proxy: config.auth.mode == AuthMode::Proxy,
         builtin: s.builtin_events,
         prefix: s.event_prefix.clone(),
-        auth,
-        access,
-        hub: hub.clone(),
+        cmd: commands.clone(),
     });
     for ns in &s.namespaces {
         let rules = rules.clone();
@@ -69,19 +66,19 @@ pub(crate) fn build(
     io
 }
 
+/// The Socket.IO front end of one server: decodes events into calls of the
+/// command layer and encodes their results as acks.
 struct Rules {
     proxy: bool,
     builtin: bool,
     prefix: String,
-    auth: Arc<dyn Authenticator>,
-    access: Arc<Access>,
-    hub: Hub,
+    cmd: Arc<Commands>,
 }
 
-fn refusal(code: &str, message: impl Into<String>) -> ConnectRefusal {
+fn refusal(code: Code, message: impl Into<String>) -> ConnectRefusal {
     ConnectRefusal {
         message: message.into(),
-        data: Some(json!({ "code": code })),
+        data: Some(json!({ "code": code.as_str() })),
     }
 }
 
@@ -89,17 +86,26 @@ fn error_ack(code: &str, message: impl ToString) -> Payload {
     Payload::json(&json!({"error": {"code": code, "message": message.to_string()}}))
 }
 
-fn denied(d: Denied) -> Payload {
-    error_ack(&d.code, d.message)
+fn refused(r: Refusal) -> Payload {
+    error_ack(&r.code, r.message)
+}
+
+/// A command's error as an ack. What the hub could not do is `failed`
+/// (`join_failed`, ...: the built-in events' own codes).
+fn command_error(e: CommandError, failed: Code) -> Payload {
+    match e {
+        CommandError::Refused(r) => refused(r),
+        CommandError::Hub(e) => error_ack(failed.as_str(), e),
+    }
 }
 
 /// The close code's name, for a refused CONNECT.
 fn refusal_of(d: &Disconnect) -> ConnectRefusal {
     let code = match d.code {
-        4004 => "backend_unavailable",
-        4504 => "token_expired",
-        4505 => "too_many_connections",
-        _ => "auth_failed",
+        4004 => Code::BACKEND_UNAVAILABLE,
+        4504 => Code::TOKEN_EXPIRED,
+        4505 => Code::TOO_MANY_CONNECTIONS,
+        _ => Code::AUTH_FAILED,
     };
     refusal(code, d.reason.to_string())
 }
@@ -108,57 +114,46 @@ impl Rules {
     async fn connect(self: Arc<Self>, socket: Socket, auth: Value) -> Result<(), ConnectRefusal> {
         let conn = socket
             .connection()
-            .ok_or_else(|| refusal("closed", "the connection closed"))?;
+            .ok_or_else(|| refusal(Code::CLOSED, "the connection closed"))?;
+        let cmd = &self.cmd;
         let state = Arc::new(ClientState::new(
-            &self.access,
+            &cmd.access,
             "socketio",
             Some(socket.ns().to_owned()),
             socket.headers(),
         ));
-        let bearer = socket
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| Credentials::Token(t.to_owned()));
-        let credentials = credentials_of(&auth, self.proxy).or(bearer);
-        let m = &self.access.metrics;
+        let bearer =
+            crate::http::bearer(socket.headers()).map(|t| Credentials::Token(t.to_owned()));
+        let credentials = Credentials::from_payload(&auth, self.proxy).or(bearer);
         match credentials {
-            Some(c) => {
-                let handshake = Access::handshake(
-                    &conn,
+            Some(credentials) => {
+                let handshake = Handshake::new(
+                    conn.id(),
                     "socketio",
                     Some(socket.ns().to_owned()),
                     socket.headers(),
                 );
-                let identity = self.auth.authenticate(c, &handshake).await.map_err(|f| {
-                    m.auth_failure(f.reason());
-                    refusal_of(&f.disconnect())
-                })?;
-                let rooms = self
-                    .access
-                    .admit(&conn, &state, identity)
+                let client = Client {
+                    conn: &conn,
+                    state: &state,
+                };
+                let rooms = cmd
+                    .connect(client, credentials, &handshake)
                     .await
                     .map_err(|d| refusal_of(&d))?;
-                self.access.join_granted(&conn, &rooms).await;
+                cmd.join_granted(client, &rooms).await;
             }
-            None if !self.access.anonymous() => {
-                m.auth_failure("refused");
+            None if !cmd.access.anonymous() => {
+                cmd.metrics.auth_failure("refused");
                 return Err(refusal(
-                    "unauthenticated",
+                    Code::UNAUTHENTICATED,
                     "authentication required: connect with auth {\"token\": ...}",
                 ));
             }
-            None => self.access.webhook("connect", &conn, None, None),
+            None => cmd.access.webhook("connect", &conn, None, None),
         }
         if let Some(wait) = state.expires_in() {
-            tokio::spawn(expire(
-                self.hub.clone(),
-                self.access.clone(),
-                conn.id(),
-                state.clone(),
-                wait,
-            ));
+            tokio::spawn(expire(self.cmd.clone(), conn.id(), state.clone(), wait));
         }
         let rules = self.clone();
         let st = state.clone();
@@ -167,15 +162,15 @@ impl Rules {
             let (rules, state) = (rules.clone(), st.clone());
             async move { rules.event(socket, &state, event, payload, ack).await }
         });
-        let access = self.access.clone();
+        let cmd = self.cmd.clone();
         let id = conn.id();
         let user = conn.user();
         socket.on_disconnect(move |_socket, reason| {
-            let access = access.clone();
+            let cmd = cmd.clone();
             let user = user.clone();
             state.closed.cancel();
             async move {
-                if let Some(b) = &access.backend {
+                if let Some(b) = &cmd.backend {
                     b.webhook("disconnect", id, user.as_deref(), None, Some(&reason));
                 }
             }
@@ -194,18 +189,17 @@ impl Rules {
         let Some(conn) = socket.connection() else {
             return;
         };
-        let reply = match self.access.rate(state) {
+        let reply = match self.cmd.access.rate(state) {
             Rate::Ok => self.dispatch(&socket, &conn, state, &event, payload).await,
-            Rate::Refuse => error_ack(
-                "rate_limited",
+            Rate::Refuse => refused(Refusal::new(
+                Code::RATE_LIMITED,
                 "too many messages: slow down (limits.message_rate)",
-            ),
+            )),
             Rate::Closing => return,
             Rate::Close => {
-                self.access
-                    .metrics
-                    .disconnect(Disconnect::RATE_LIMITED.code);
+                self.cmd.metrics.disconnect(Disconnect::RATE_LIMITED.code);
                 let _ = self
+                    .cmd
                     .hub
                     .disconnect(Who::Conn(conn.id()), Disconnect::RATE_LIMITED)
                     .await;
@@ -233,159 +227,80 @@ impl Rules {
         event: &str,
         payload: Payload,
     ) -> Payload {
+        let c = Client { conn, state };
         if let Some(name) = event.strip_prefix(&self.prefix) {
             if name == "refresh" {
-                return self.refresh(conn, state, payload.first()).await;
+                return self.refresh(c, payload.first()).await;
             }
             if self.builtin {
-                return self
-                    .builtin(socket, conn, state, name, payload.first())
-                    .await;
+                return self.builtin(socket, c, name, payload.first()).await;
             }
         }
-        let backend = self.access.backend.as_ref().filter(|b| b.handles_events());
-        let Some(backend) = backend else {
+        if !self.cmd.handles_rpc() {
             return error_ack(
-                "no_handler",
+                Code::NO_HANDLER.as_str(),
                 format!(
                     "roomcast has no handler for event `{event}`: client events go to your backend through the event proxy (proxy.rpc_url){}",
                     if self.builtin { String::new() } else { "; built-in room events are off (socketio.builtin_events)".to_owned() }
                 ),
             );
-        };
-        if let Err(d) = self.access.may_act(conn) {
-            return denied(d);
         }
-        let Ok(_slot) = state.rpc_slots.try_acquire() else {
-            return error_ack(
-                "too_many_requests",
-                "too many events waiting for the backend on this connection",
-            );
-        };
-        let user = conn.user();
-        let caller = state.caller(conn, user.as_deref());
-        let data = payload.first().clone();
-        match backend
-            .rpc(&caller, &conn.session(), &conn.rooms(), event, data)
-            .await
-        {
-            None => error_ack("no_handler", format!("no backend route takes `{event}`")),
-            Some(Err(e)) => error_ack(&e.code(), e.client_message()),
-            Some(Ok(answer)) => match self.access.apply(conn, state, answer.actions).await {
-                Ok(()) => Payload::json(&answer.result),
-                Err(d) => denied(d),
-            },
+        match self.cmd.rpc(c, event, payload.first().clone()).await {
+            Ok(result) => Payload::json(&result),
+            Err(e) => refused(e.into()),
         }
     }
 
-    async fn refresh(&self, conn: &Connection, state: &ClientState, arg: &Value) -> Payload {
+    async fn refresh(&self, c: Client<'_>, arg: &Value) -> Payload {
         let Some(token) = arg.get("token").and_then(Value::as_str) else {
-            return error_ack("bad_request", "missing field `token`");
+            return error_ack(Code::BAD_REQUEST.as_str(), "missing field `token`");
         };
-        if conn.user().is_none() {
-            return error_ack(
-                "unauthenticated",
-                "refresh is for authenticated connections",
-            );
-        }
-        let handshake =
-            Access::handshake(conn, "socketio", state.namespace.clone(), &state.forwarded);
-        match self
-            .auth
-            .authenticate(Credentials::Token(token.to_owned()), &handshake)
-            .await
-        {
-            Err(f) => {
-                self.access.metrics.auth_failure(f.reason());
-                error_ack(f.code(), f)
-            }
-            Ok(identity) => match self.access.refresh(conn, state, identity) {
-                Ok(expires_at) => Payload::json(&json!({"expires_at": expires_at})),
-                Err(d) => denied(d),
-            },
+        match self.cmd.refresh(c, token.to_owned()).await {
+            Ok(expires_at) => Payload::json(&json!({"expires_at": expires_at})),
+            Err(e) => refused(e.into()),
         }
     }
 
-    async fn builtin(
-        &self,
-        socket: &Socket,
-        conn: &Connection,
-        state: &ClientState,
-        name: &str,
-        arg: &Value,
-    ) -> Payload {
+    async fn builtin(&self, socket: &Socket, c: Client<'_>, name: &str, arg: &Value) -> Payload {
         let field = |k: &str| arg.get(k).and_then(Value::as_str).map(str::to_owned);
         let Some(room) = field("room") else {
-            return error_ack("bad_request", "missing field `room`");
+            return error_ack(Code::BAD_REQUEST.as_str(), "missing field `room`");
         };
-        let access = &self.access;
+        let cmd = &self.cmd;
         match name {
-            "join" => {
-                if let Err(d) = access.may_join(conn, state, &room).await {
-                    return denied(d);
-                }
-                match socket.join(&room).await {
-                    Ok(joined) => {
-                        if joined {
-                            access.webhook("join", conn, Some(&room), None);
-                        }
-                        Payload::json(&json!({"room": room, "joined": joined}))
-                    }
-                    Err(e) => error_ack("join_failed", e),
-                }
-            }
-            "leave" => match socket.leave(&room).await {
-                Ok(left) => {
-                    if left {
-                        access.webhook("leave", conn, Some(&room), None);
-                    }
-                    Payload::json(&json!({"room": room, "left": left}))
-                }
-                Err(e) => error_ack("leave_failed", e),
+            "join" => match cmd.join(c, &room, None).await {
+                Ok(joined) => Payload::json(&json!({"room": room, "joined": joined})),
+                Err(e) => command_error(e, Code::JOIN_FAILED),
+            },
+            "leave" => match cmd.leave(c, &room).await {
+                Ok(left) => Payload::json(&json!({"room": room, "left": left})),
+                Err(e) => command_error(e, Code::LEAVE_FAILED),
             },
             "publish" => {
                 let Some(event) = field("event") else {
-                    return error_ack("bad_request", "missing field `event`");
+                    return error_ack(Code::BAD_REQUEST.as_str(), "missing field `event`");
                 };
-                if let Err(e) = roomcast_core::room::validate_room_name(
-                    &room,
-                    self.hub.config().max_room_name_bytes,
-                ) {
-                    return error_ack("publish_failed", e);
-                }
-                if let Err(d) = access.may_publish(conn, &room) {
-                    return denied(d);
-                }
                 let data = arg.get("data").cloned().unwrap_or(Value::Null);
                 let mut p = match Publication::json(Target::Room(room), event, &data) {
                     Ok(p) => p,
-                    Err(e) => return error_ack("bad_request", e),
+                    Err(e) => return error_ack(Code::BAD_REQUEST.as_str(), e),
                 };
-                p.from = Some(roomcast_core::Sender {
-                    conn: socket.conn_id(),
-                    user: socket.user(),
-                });
                 if arg.get("exclude_self") == Some(&Value::Bool(true)) {
                     p.exclude = Some(socket.conn_id());
                 }
-                match self.hub.publish(p).await {
+                match cmd.publish(Actor::Client(c), p, true).await {
                     Ok(n) => Payload::json(&json!({"delivered": n})),
-                    Err(e) => error_ack("publish_failed", e),
+                    Err(e) => command_error(e, Code::PUBLISH_FAILED),
                 }
             }
-            "presence" => {
-                if let Err(d) = access.may_see_presence(conn, state, &room) {
-                    return denied(d);
-                }
-                match self.hub.room_presence(&room).await {
-                    Ok(p) => Payload::json(
-                        &json!({"room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous}),
-                    ),
-                    Err(e) => error_ack("presence_failed", e),
-                }
-            }
+            "presence" => match cmd.presence(Actor::Client(c), &room).await {
+                Ok(p) => Payload::json(
+                    &json!({"room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous}),
+                ),
+                Err(e) => command_error(e, Code::PRESENCE_FAILED),
+            },
             other => error_ack(
-                "unknown_builtin",
+                Code::UNKNOWN_BUILTIN.as_str(),
                 format!("unknown built-in event `{}{other}`", self.prefix),
             ),
         }
@@ -394,8 +309,7 @@ impl Rules {
 
 /// Disconnects a Socket.IO connection whose credentials expired without a refresh.
 async fn expire(
-    hub: Hub,
-    access: Arc<Access>,
+    cmd: Arc<Commands>,
     conn: roomcast_core::ConnId,
     state: Arc<ClientState>,
     mut wait: Duration,
@@ -411,9 +325,10 @@ async fn expire(
             None => return,
         }
     }
-    access.metrics.auth_failure("expired");
-    access.metrics.disconnect(Disconnect::TOKEN_EXPIRED.code);
-    let _ = hub
+    cmd.metrics.auth_failure("expired");
+    cmd.metrics.disconnect(Disconnect::TOKEN_EXPIRED.code);
+    let _ = cmd
+        .hub
         .disconnect(Who::Conn(conn), Disconnect::TOKEN_EXPIRED)
         .await;
 }

@@ -3,6 +3,8 @@
 //! Pure functions over strings: [`decode`] turns a client frame into a
 //! [`ClientCommand`], the `encode_*` functions build server frames, and
 //! [`NativeProtocol`] is the hub's encoder. `docs/protocol.md` is the reference.
+//! `socket.rs` serves one connection: the upgrade, then a task that decodes
+//! frames into calls of the command layer.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -10,6 +12,11 @@ use serde_json::{Map, Value};
 
 use roomcast_core::history::Since;
 use roomcast_core::{Disconnect, Frame, PresenceEvent, Protocol, Publication, Target};
+
+use crate::codes::Code;
+
+mod socket;
+pub(crate) use socket::{upgrade, Endpoint};
 
 /// A client command, with the reply id it asked for.
 #[derive(Debug)]
@@ -104,7 +111,7 @@ pub struct DecodeError {
     /// The reply id, if the frame got far enough to have one.
     pub id: Option<u64>,
     /// `bad_request` or `unknown_type`.
-    pub code: &'static str,
+    pub code: Code,
     /// What was wrong, naming the field.
     pub message: String,
 }
@@ -240,14 +247,14 @@ fn decode_command(text: &str) -> Result<Request, DecodeError> {
     if first != Some(b'{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
         return Err(DecodeError {
             id: None,
-            code: "bad_request",
+            code: Code::BAD_REQUEST,
             message: "a command is a JSON object with a \"type\"".to_owned(),
         });
     }
     if !roomcast_core::json_depth_within(text.as_bytes(), roomcast_core::MAX_JSON_DEPTH) {
         return Err(DecodeError {
             id: None,
-            code: "bad_request",
+            code: Code::BAD_REQUEST,
             message: format!(
                 "JSON nested deeper than {} levels",
                 roomcast_core::MAX_JSON_DEPTH
@@ -267,7 +274,7 @@ fn decode_command(text: &str) -> Result<Request, DecodeError> {
         };
         DecodeError {
             id: None,
-            code: "bad_request",
+            code: Code::BAD_REQUEST,
             message,
         }
     })?;
@@ -275,13 +282,13 @@ fn decode_command(text: &str) -> Result<Request, DecodeError> {
     if de.end().is_err() {
         return Err(DecodeError {
             id,
-            code: "bad_request",
+            code: Code::BAD_REQUEST,
             message: "invalid JSON: trailing characters after the command".to_owned(),
         });
     }
     let missing = |field: &str| DecodeError {
         id,
-        code: "bad_request",
+        code: Code::BAD_REQUEST,
         message: format!("missing field `{field}`"),
     };
     let Some(ty) = raw.ty else {
@@ -334,7 +341,7 @@ fn decode_command(text: &str) -> Result<Request, DecodeError> {
                 Err(_) => {
                     return Err(DecodeError {
                         id,
-                        code: "bad_request",
+                        code: Code::BAD_REQUEST,
                         message: "field `data` must be a JSON object".to_owned(),
                     })
                 }
@@ -344,7 +351,7 @@ fn decode_command(text: &str) -> Result<Request, DecodeError> {
         other => {
             return Err(DecodeError {
                 id,
-                code: "unknown_type",
+                code: Code::UNKNOWN_TYPE,
                 message: format!("unknown command type `{other}`"),
             })
         }
@@ -584,13 +591,13 @@ mod tests {
         assert!(e.message.contains("JSON object"), "{}", e.message);
         let e = decode(r#"{"type":"join","id":3}"#).unwrap_err();
         assert_eq!(
-            (e.id, e.code, e.message.as_str()),
+            (e.id, e.code.as_str(), e.message.as_str()),
             (Some(3), "bad_request", "missing field `room`")
         );
         let e = decode(r#"{"type":"join","room":5}"#).unwrap_err();
         assert!(e.message.contains("field `room`"), "{}", e.message);
         let e = decode(r#"{"type":"fly","id":1}"#).unwrap_err();
-        assert_eq!((e.id, e.code), (Some(1), "unknown_type"));
+        assert_eq!((e.id, e.code.as_str()), (Some(1), "unknown_type"));
         let e = decode(r#"{"id":1}"#).unwrap_err();
         assert_eq!(e.message, "missing field `type`");
         let e = decode(r#"{"type":"session","data":[1]}"#).unwrap_err();
@@ -598,7 +605,7 @@ mod tests {
         let e = decode(r#"{"type":"publish","room":"r"}"#).unwrap_err();
         assert_eq!(e.message, "missing field `event`");
         let e = decode(r#"{"type":"ping","id":9} xyz"#).unwrap_err();
-        assert_eq!((e.id, e.code), (Some(9), "bad_request"));
+        assert_eq!((e.id, e.code.as_str()), (Some(9), "bad_request"));
         assert!(decode("{\"type\":\"ping\"} \n").is_ok());
         let deep = format!(
             r#"{{"type":"publish","room":"r","event":"e","data":{}1{}}}"#,
@@ -642,7 +649,7 @@ mod tests {
             "]".repeat(200)
         );
         let e = decode(&deep).unwrap_err();
-        assert_eq!((e.id, e.code), (Some(20), "bad_request"));
+        assert_eq!((e.id, e.code.as_str()), (Some(20), "bad_request"));
         assert!(e.message.contains("nested deeper"), "{}", e.message);
         let huge = format!(r#"{{"id":21,"data":{}}}"#, "[".repeat(100_000));
         assert_eq!(request_id(&huge), Some(21));

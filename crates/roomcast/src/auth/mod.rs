@@ -13,9 +13,12 @@ use serde_json::{Map, Value};
 
 use roomcast_core::{BoxFuture, ConnId, Disconnect};
 
-use crate::backend::Backend;
+use crate::codes::Code;
 use crate::config::{AuthConfig, AuthMode};
-use crate::jwt::{TokenError, Verifier};
+
+mod jwt;
+pub use jwt::KeyError;
+pub(crate) use jwt::{TokenError, Verifier};
 
 /// What a client presented.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +48,45 @@ pub struct Handshake {
     pub remote: Option<SocketAddr>,
     /// The handshake's headers.
     pub headers: HeaderMap,
+}
+
+impl Handshake {
+    /// The handshake of connection `conn`: its transport, namespace and
+    /// headers (the peer address comes from the header the server set).
+    pub fn new(
+        conn: ConnId,
+        transport: &'static str,
+        namespace: Option<String>,
+        headers: &HeaderMap,
+    ) -> Handshake {
+        Handshake {
+            conn,
+            transport,
+            namespace,
+            remote: crate::http::peer(headers),
+            headers: headers.clone(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Credentials from an auth payload (Socket.IO's `auth`, native `auth`):
+    /// a `token`; in proxy mode anything else for the backend (nothing, or
+    /// an empty object, is the handshake alone); otherwise a `user`.
+    pub fn from_payload(payload: &Value, proxy: bool) -> Option<Credentials> {
+        let str_of = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
+        if let Some(t) = str_of("token") {
+            return Some(Credentials::Token(t));
+        }
+        if proxy {
+            return Some(match payload {
+                Value::Null => Credentials::Handshake,
+                Value::Object(m) if m.is_empty() => Credentials::Handshake,
+                other => Credentials::Data(other.clone()),
+            });
+        }
+        str_of("user").map(Credentials::User)
+    }
 }
 
 /// Who the credentials say the client is, and what comes with it.
@@ -87,12 +129,12 @@ impl AuthFailure {
         }
     }
 
-    /// The error code of a refused `auth` command.
-    pub fn code(&self) -> &'static str {
+    /// The error code of a refused `auth` or `refresh` command.
+    pub fn code(&self) -> Code {
         match self {
-            AuthFailure::Refused(_) => "auth_failed",
-            AuthFailure::Expired => "token_expired",
-            AuthFailure::Unavailable(_) => "backend_unavailable",
+            AuthFailure::Refused(_) => Code::AUTH_FAILED,
+            AuthFailure::Expired => Code::TOKEN_EXPIRED,
+            AuthFailure::Unavailable(_) => Code::BACKEND_UNAVAILABLE,
         }
     }
 
@@ -116,11 +158,23 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Identity, AuthFailure>>;
 }
 
+/// The connect proxy: the backend that says who a handshake's client is
+/// (`proxy` mode). The backend module's `Backend` is the one over HTTP.
+pub trait ConnectProxy: Send + Sync + 'static {
+    /// Asks who the client of `handshake` is, given what it presented.
+    fn connect<'a>(
+        &'a self,
+        handshake: &'a Handshake,
+        token: Option<String>,
+        data: Option<Value>,
+    ) -> BoxFuture<'a, Result<Identity, AuthFailure>>;
+}
+
 /// The authenticator of `auth.mode`.
 pub struct StandardAuthenticator {
     mode: AuthMode,
     jwt: Option<Verifier>,
-    backend: Option<Arc<Backend>>,
+    proxy: Option<Arc<dyn ConnectProxy>>,
 }
 
 impl std::fmt::Debug for StandardAuthenticator {
@@ -133,15 +187,15 @@ impl std::fmt::Debug for StandardAuthenticator {
 }
 
 impl StandardAuthenticator {
-    /// An authenticator for `config`; `backend` is needed in proxy mode.
+    /// An authenticator for `config`; `proxy` is needed in proxy mode.
     pub fn new(
         config: &AuthConfig,
-        backend: Option<Arc<Backend>>,
-    ) -> Result<StandardAuthenticator, crate::jwt::KeyError> {
+        proxy: Option<Arc<dyn ConnectProxy>>,
+    ) -> Result<StandardAuthenticator, KeyError> {
         Ok(StandardAuthenticator {
             mode: config.mode,
             jwt: Verifier::from_config(&config.jwt)?,
-            backend,
+            proxy,
         })
     }
 
@@ -174,7 +228,7 @@ impl Authenticator for StandardAuthenticator {
         Box::pin(async move {
             match (self.mode, credentials) {
                 (AuthMode::Proxy, c) => {
-                    let backend = self.backend.as_ref().ok_or_else(|| {
+                    let proxy = self.proxy.as_ref().ok_or_else(|| {
                         AuthFailure::Unavailable("proxy.connect_url is not set".to_owned())
                     })?;
                     let (token, data) = match c {
@@ -187,7 +241,7 @@ impl Authenticator for StandardAuthenticator {
                             ))
                         }
                     };
-                    backend.connect(handshake, token, data).await
+                    proxy.connect(handshake, token, data).await
                 }
                 (_, Credentials::Token(t)) => self.token(&t),
                 (AuthMode::Open, Credentials::User(user)) => Ok(Identity {

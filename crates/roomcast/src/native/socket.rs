@@ -1,27 +1,83 @@
 //! One task per native WebSocket connection: it reads client commands, writes
 //! what the connection's outbox hands out (in batches, one flush per batch),
-//! pings on the heartbeat, and closes with a documented code.
+//! pings on the heartbeat, and closes with a documented code. Commands are
+//! decoded here and carried out by the command layer.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{sleep_until, Instant};
+use tokio_util::task::TaskTracker;
 
-use roomcast_core::error::{AuthError, JoinError, LeaveError, PublishError, QueryError};
+use roomcast_core::error::ConnectError;
 use roomcast_core::history::Since;
 use roomcast_core::{Connection, Disconnect, Frame, Publication, Recovery, Target};
 
-use std::sync::Arc;
+use crate::access::{ClientState, Rate};
+use crate::auth::{Credentials, Handshake};
+use crate::codes::{Code, Refusal};
+use crate::command::{Actor, Bound, Client, Commands};
+use crate::config::AuthMode;
+use crate::http::{bearer, refuse};
 
-use axum::http::HeaderMap;
+use super::{ClientCommand, NativeProtocol, Request};
 
-use crate::access::{Access, ClientState, Denied, Rate};
-use crate::auth::{AuthFailure, Credentials};
-use crate::native::{self, ClientCommand, Request};
-use crate::Server;
+/// What the native endpoint needs: the command layer, the codec, and the
+/// tracker the drain waits on.
+pub(crate) struct Endpoint {
+    pub commands: Arc<Commands>,
+    pub protocol: Arc<NativeProtocol>,
+    pub tasks: TaskTracker,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: takes a place (one count with Engine.IO sessions), then upgrades.
+pub(crate) async fn upgrade(
+    State(e): State<Arc<Endpoint>>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // The place is taken before the upgrade, so the answer is exact.
+    let slot = match e.commands.hub.admit() {
+        Ok(slot) => slot,
+        Err(ConnectError::ShuttingDown) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::SHUTTING_DOWN,
+                "server shutting down",
+            )
+        }
+        Err(_) => {
+            e.commands.metrics.disconnect(Disconnect::SERVER_FULL.code);
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::SERVER_FULL,
+                "server full: try another node or later",
+            );
+        }
+    };
+    let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
+    let c = &e.commands.config;
+    let max_message = c.limits.max_message_bytes;
+    let tasks = e.tasks.clone();
+    ws.read_buffer_size(c.websocket.read_buffer_bytes)
+        .write_buffer_size(c.websocket.write_buffer_bytes)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, token, headers)))
+}
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -38,9 +94,7 @@ fn to_message(frame: Frame) -> Message {
 /// gives the client a moment to answer.
 async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
     let goodbye = async {
-        socket
-            .feed(to_message(native::encode_disconnect(d)))
-            .await?;
+        socket.feed(to_message(super::encode_disconnect(d))).await?;
         socket
             .send(Message::Close(Some(CloseFrame {
                 code: d.code,
@@ -58,156 +112,74 @@ async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
     let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
 }
 
-/// An error reply for a failed command.
-struct Refusal {
-    code: Cow<'static, str>,
-    message: String,
-}
-
-impl Refusal {
-    fn new(code: &'static str, message: impl ToString) -> Refusal {
-        Refusal {
-            code: Cow::Borrowed(code),
-            message: message.to_string(),
-        }
-    }
-}
-
-impl From<JoinError> for Refusal {
-    fn from(e: JoinError) -> Self {
-        let code = match e {
-            JoinError::InvalidRoom(_) => "invalid_room",
-            JoinError::TooManyRooms { .. } => "too_many_rooms",
-            JoinError::RoomFull { .. } => "room_full",
-            JoinError::Closed => "closed",
-            JoinError::Presence(_) => "backend_unavailable",
-        };
-        Refusal::new(code, e)
-    }
-}
-
-impl From<LeaveError> for Refusal {
-    fn from(e: LeaveError) -> Self {
-        let code = match e {
-            LeaveError::InvalidRoom(_) => "invalid_room",
-            LeaveError::Presence(_) => "backend_unavailable",
-        };
-        Refusal::new(code, e)
-    }
-}
-
-impl From<PublishError> for Refusal {
-    fn from(e: PublishError) -> Self {
-        let code = match e {
-            PublishError::InvalidRoom(_) => "invalid_room",
-            PublishError::InvalidEvent => "invalid_event",
-            PublishError::Broker { .. } | PublishError::History(_) => "backend_unavailable",
-        };
-        Refusal::new(code, e)
-    }
-}
-
-impl From<QueryError> for Refusal {
-    fn from(e: QueryError) -> Self {
-        let code = match e {
-            QueryError::InvalidRoom(_) => "invalid_room",
-            QueryError::Forbidden => "forbidden",
-            QueryError::NoHistory => "no_history",
-            QueryError::Presence(_) | QueryError::History(_) => "backend_unavailable",
-        };
-        Refusal::new(code, e)
-    }
-}
-
-impl From<Denied> for Refusal {
-    fn from(d: Denied) -> Self {
-        Refusal {
-            code: Cow::Owned(d.code),
-            message: d.message,
-        }
-    }
-}
-
-impl From<AuthError> for Refusal {
-    fn from(e: AuthError) -> Self {
-        let code = match e {
-            AuthError::AlreadyAuthenticated => "already_authenticated",
-            AuthError::AfterJoin => "auth_after_join",
-            AuthError::InvalidUser => "invalid_user",
-            AuthError::Closed => "closed",
-            AuthError::Presence(_) => "backend_unavailable",
-        };
-        Refusal::new(code, e)
-    }
-}
-
 /// Serves one upgraded native WebSocket until it closes.
-pub(crate) async fn serve(
-    server: Server,
+async fn serve(
+    e: Arc<Endpoint>,
     mut socket: WebSocket,
     slot: roomcast_core::admission::Slot,
     token: Option<String>,
     headers: HeaderMap,
 ) {
-    let s = server.inner();
-    let conn = match s.hub.connect_admitted(s.protocol.clone(), None, slot).await {
+    let cmd = e.commands.clone();
+    let conn = match cmd
+        .hub
+        .connect_admitted(e.protocol.clone(), None, slot)
+        .await
+    {
         Ok(c) => c,
-        Err(e) => {
-            let d = match e {
-                roomcast_core::error::ConnectError::ServerFull { .. } => Disconnect::SERVER_FULL,
-                roomcast_core::error::ConnectError::ShuttingDown => Disconnect::SHUTDOWN,
-                roomcast_core::error::ConnectError::Presence(_) => Disconnect::INTERNAL,
+        Err(err) => {
+            let d = match err {
+                ConnectError::ServerFull { .. } => Disconnect::SERVER_FULL,
+                ConnectError::ShuttingDown => Disconnect::SHUTDOWN,
+                ConnectError::Presence(_) => Disconnect::INTERNAL,
             };
-            s.metrics.disconnect(d.code);
+            cmd.metrics.disconnect(d.code);
             close_with(&mut socket, &d).await;
             return;
         }
     };
-    let state = Arc::new(ClientState::new(&s.access, "websocket", None, &headers));
-    let proxy = s.config.auth.mode == crate::config::AuthMode::Proxy;
+    let state = Arc::new(ClientState::new(&cmd.access, "websocket", None, &headers));
+    let client = Client {
+        conn: &conn,
+        state: &state,
+    };
+    let proxy = cmd.config.auth.mode == AuthMode::Proxy;
     let credentials = match token {
         Some(t) => Some(Credentials::Token(t)),
         None if proxy => Some(Credentials::Handshake),
         None => None,
     };
-    if credentials.is_none() {
-        s.access.webhook("connect", &conn, None, None);
-    }
     let mut rooms = Vec::new();
-    if let Some(credentials) = credentials {
-        let handshake = Access::handshake(&conn, "websocket", None, &headers);
-        let admitted = match s.auth.authenticate(credentials, &handshake).await {
-            Ok(identity) => s.access.admit(&conn, &state, identity).await,
-            Err(f) => {
-                s.metrics.auth_failure(f.reason());
-                Err(f.disconnect())
-            }
-        };
-        match admitted {
-            Ok(r) => rooms = r,
-            Err(d) => {
-                tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
-                s.metrics.disconnect(d.code);
-                close_with(&mut socket, &d).await;
-                conn.close().await;
-                return;
+    match credentials {
+        None => cmd.access.webhook("connect", &conn, None, None),
+        Some(credentials) => {
+            let handshake = Handshake::new(conn.id(), "websocket", None, &headers);
+            match cmd.connect(client, credentials, &handshake).await {
+                Ok(r) => rooms = r,
+                Err(d) => {
+                    tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
+                    cmd.metrics.disconnect(d.code);
+                    close_with(&mut socket, &d).await;
+                    conn.close().await;
+                    return;
+                }
             }
         }
     }
     let welcome = json!({
         "type": "welcome",
         "conn": conn.id().to_string(),
-        "node": s.hub.node().to_string(),
+        "node": cmd.hub.node().to_string(),
         "user": conn.user().as_deref(),
-        "heartbeat_ms": s.config.heartbeat.interval_ms,
+        "heartbeat_ms": cmd.config.heartbeat.interval_ms,
         "expires_at": state.expires_at(),
         "protocol": 1,
     });
     let _ = conn.send_frame(Frame::text(welcome.to_string()));
     // After the welcome, so that it stays the first frame.
-    s.access.join_granted(&conn, &rooms).await;
+    cmd.join_granted(client, &rooms).await;
     let mut task = Task {
-        server: server.clone(),
+        cmd: cmd.clone(),
         conn,
         state,
         socket,
@@ -222,64 +194,18 @@ pub(crate) async fn serve(
         None => "client closed".to_owned(),
     };
     if let Some(d) = reason {
-        s.metrics.disconnect(d.code);
+        cmd.metrics.disconnect(d.code);
         close_with(&mut socket, &d).await;
     } else {
         // The client closed: send our half of the closing handshake.
         let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
     }
-    s.access.webhook("disconnect", &conn, None, Some(&why));
+    cmd.access.webhook("disconnect", &conn, None, Some(&why));
     conn.close().await;
 }
 
-/// Checks credentials presented after the handshake and applies them.
-/// `Ok(None)`: the connection is being closed instead (the per-user cap), so
-/// there is no ack.
-async fn authenticate(
-    server: &Server,
-    conn: &Connection,
-    state: &ClientState,
-    credentials: Credentials,
-) -> Result<Option<serde_json::Value>, Refusal> {
-    let s = server.inner();
-    if matches!(&credentials, Credentials::User(u) if !roomcast_core::valid_user(u)) {
-        return Err(AuthError::InvalidUser.into());
-    }
-    if conn.user().is_some() {
-        return Err(AuthError::AlreadyAuthenticated.into());
-    }
-    if !conn.rooms().is_empty() {
-        return Err(AuthError::AfterJoin.into());
-    }
-    let handshake = Access::handshake(conn, "websocket", None, &state.forwarded);
-    let identity = s
-        .auth
-        .authenticate(credentials, &handshake)
-        .await
-        .map_err(|f| refuse_auth(server, f))?;
-    let rooms = match s.access.admit(conn, state, identity).await {
-        Ok(rooms) => rooms,
-        // The per-user cap closes the connection however it became the user
-        // (documented as close code 4505); the disconnect frame is the answer.
-        Err(d) if d == Disconnect::TOO_MANY_CONNECTIONS => {
-            conn.outbox().close(d);
-            return Ok(None);
-        }
-        Err(d) => return Err(Refusal::new("auth_failed", d.reason)),
-    };
-    s.access.join_granted(conn, &rooms).await;
-    Ok(Some(
-        json!({ "user": conn.user().as_deref(), "expires_at": state.expires_at() }),
-    ))
-}
-
-fn refuse_auth(server: &Server, f: AuthFailure) -> Refusal {
-    server.inner().metrics.auth_failure(f.reason());
-    Refusal::new(f.code(), f)
-}
-
 struct Task {
-    server: Server,
+    cmd: Arc<Commands>,
     conn: Connection,
     state: Arc<ClientState>,
     socket: WebSocket,
@@ -305,8 +231,7 @@ enum Inbound {
 impl Task {
     /// Returns the reason to give the client, or `None` if the client went away.
     async fn run(&mut self) -> Option<Disconnect> {
-        let server = self.server.clone();
-        let s = server.inner();
+        let s = self.cmd.clone();
         let heartbeat = s.config.heartbeat.interval();
         let silence = s.config.heartbeat.silence_limit();
         let mut last_seen = Instant::now();
@@ -390,7 +315,7 @@ impl Task {
     }
 
     async fn inbound(&mut self, msg: Option<Result<Message, axum::Error>>) -> Inbound {
-        let s = self.server.inner();
+        let s = self.cmd.clone();
         let msg = match msg {
             None => return Inbound::ClientClosed,
             Some(Ok(m)) => m,
@@ -420,7 +345,7 @@ impl Task {
         };
         let rate_limited = || {
             Refusal::new(
-                "rate_limited",
+                Code::RATE_LIMITED,
                 "too many messages: slow down (limits.message_rate)",
             )
         };
@@ -428,7 +353,7 @@ impl Task {
             Message::Text(text) => {
                 s.metrics.count_in(text.len());
                 if refused {
-                    let id = native::request_id(text.as_str());
+                    let id = super::request_id(text.as_str());
                     self.refuse(id, rate_limited());
                     return Inbound::Continue;
                 }
@@ -442,7 +367,7 @@ impl Task {
                         rate_limited()
                     } else {
                         Refusal::new(
-                            "binary_not_supported",
+                            Code::BINARY_NOT_SUPPORTED,
                             "the native protocol takes JSON text frames only",
                         )
                     },
@@ -459,32 +384,25 @@ impl Task {
     }
 
     fn refuse(&self, id: Option<u64>, r: Refusal) {
-        self.server
-            .inner()
+        self.cmd
             .metrics
             .client_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.reply(native::encode_error(id, &r.code, &r.message));
+        self.reply(super::encode_error(id, &r.code, &r.message));
     }
 
     async fn command(&mut self, text: &str) -> Inbound {
-        let Request { id, command } = match native::decode(text) {
+        let Request { id, command } = match super::decode(text) {
             Ok(r) => r,
             Err(e) => {
                 self.refuse(e.id, Refusal::new(e.code, e.message));
                 return Inbound::Continue;
             }
         };
-        if let ClientCommand::Join { room, since } = command {
-            if let Err(r) = self.join(id, room, since).await {
-                self.refuse(id, r);
-            }
-            return Inbound::Continue;
-        }
-        match self.execute(command, id.is_some()).await {
+        match self.execute(command, id).await {
             Ok(Reply::Ack(fields)) => {
                 if let Some(id) = id {
-                    self.reply(native::encode_ack(id, fields));
+                    self.reply(super::encode_ack(id, fields));
                 }
             }
             Ok(Reply::Nothing) => {}
@@ -506,16 +424,14 @@ impl Task {
     /// (`since`), whether it got everything it missed (`recovered`); the ack
     /// goes before the missed publications, which go before live ones.
     async fn join(
-        &mut self,
+        cmd: &Commands,
+        c: Client<'_>,
         id: Option<u64>,
         room: String,
         since: Option<Since>,
     ) -> Result<(), Refusal> {
-        let s = self.server.inner();
-        let conn = &self.conn;
-        s.access.may_join(conn, &self.state, &room).await?;
         let asked = since.is_some();
-        let reply = |r: &Recovery| {
+        let reply = move |r: &Recovery| {
             let id = id?;
             let mut fields = json!({ "room": r.room, "joined": r.joined });
             if let Some(p) = &r.position {
@@ -525,14 +441,10 @@ impl Task {
             if asked {
                 fields["recovered"] = r.recovered.into();
             }
-            Some(native::encode_ack(id, fields))
+            Some(super::encode_ack(id, fields))
         };
-        let r = conn
-            .join_since(&room, since.unwrap_or(Since::Latest), reply)
-            .await?;
-        if r.joined {
-            s.access.webhook("join", conn, Some(&room), None);
-        }
+        let recovery = Some((since.unwrap_or(Since::Latest), Box::new(reply) as _));
+        cmd.join(c, &room, recovery).await?;
         Ok(())
     }
 
@@ -542,30 +454,27 @@ impl Task {
     /// the broker confirmed it is on its way to the other nodes; one without an
     /// `id` is only handed over, so that a client publishing a stream is not
     /// held up by a round trip per message. Both keep their order.
-    async fn execute(&mut self, command: ClientCommand, acked: bool) -> Result<Reply, Refusal> {
-        let s = self.server.inner();
-        let access = &s.access;
-        let conn = &self.conn;
-        let state = &self.state;
-        let publish = |target: Target, event: String, data, exclude: bool| async move {
+    async fn execute(&mut self, command: ClientCommand, id: Option<u64>) -> Result<Reply, Refusal> {
+        let acked = id.is_some();
+        let cmd = self.cmd.clone();
+        let c = Client {
+            conn: &self.conn,
+            state: &self.state,
+        };
+        let publish = |target: Target, event: String, data, exclude: bool| {
             let mut p = Publication::new(target, event, data);
             if exclude {
-                p.exclude = Some(conn.id());
+                p.exclude = Some(c.conn.id());
             }
-            if acked {
-                conn.publish(p).await
-            } else {
-                conn.publish_detached(p)
-            }
+            let cmd = &cmd;
+            async move { cmd.publish(Actor::Client(c), p, acked).await }
         };
         Ok(Reply::Ack(match command {
             ClientCommand::Auth { token, user, data } => {
-                let mode = s.config.auth.mode;
-                let proxy = mode == crate::config::AuthMode::Proxy;
+                let mode = cmd.config.auth.mode;
                 if (&token, &user, &data) == (&None, &None, &None) {
-                    use crate::config::AuthMode;
                     return Err(Refusal::new(
-                        "bad_request",
+                        Code::BAD_REQUEST,
                         match mode {
                             AuthMode::Open => "missing field `user` (or `token`)",
                             AuthMode::Token => "missing field `token`",
@@ -575,63 +484,36 @@ impl Task {
                 }
                 let credentials = match (token, user, data) {
                     (Some(t), _, _) => Credentials::Token(t),
-                    (None, _, Some(d)) if proxy => Credentials::Data(d),
+                    (None, _, Some(d)) if mode == AuthMode::Proxy => Credentials::Data(d),
                     (None, Some(u), _) => Credentials::User(u),
                     (None, None, _) => {
                         return Err(Refusal::new(
-                            "auth_failed",
+                            Code::AUTH_FAILED,
                             "an auth payload (`data`) is for proxy mode; present a `token`",
                         ))
                     }
                 };
-                match authenticate(&self.server, conn, state, credentials).await? {
-                    Some(ack) => ack,
-                    None => return Ok(Reply::Nothing),
+                match cmd.auth(c, credentials).await? {
+                    Bound::As { user, expires_at } => {
+                        json!({ "user": user, "expires_at": expires_at })
+                    }
+                    Bound::Closing => return Ok(Reply::Nothing),
                 }
             }
             ClientCommand::Refresh { token } => {
-                if conn.user().is_none() {
-                    return Err(Refusal::new(
-                        "unauthenticated",
-                        "refresh is for authenticated connections; use auth",
-                    ));
-                }
-                let handshake = Access::handshake(conn, "websocket", None, &state.forwarded);
-                let identity = s
-                    .auth
-                    .authenticate(Credentials::Token(token), &handshake)
-                    .await
-                    .map_err(|f| refuse_auth(&self.server, f))?;
-                let expires_at = access.refresh(conn, state, identity)?;
-                json!({ "user": conn.user().as_deref(), "expires_at": expires_at })
+                let expires_at = cmd.refresh(c, token).await?;
+                json!({ "user": c.conn.user().as_deref(), "expires_at": expires_at })
             }
             ClientCommand::Rpc { event, data } => {
-                access.may_act(conn)?;
-                let Some(backend) = access.backend.as_ref().filter(|b| b.handles_events()) else {
-                    return Err(Refusal::new(
-                        "no_handler",
-                        format!("no backend handles `{event}`: set proxy.rpc_url"),
-                    ));
-                };
-                let user = conn.user();
-                let caller = state.caller(conn, user.as_deref());
-                let answer = backend
-                    .rpc(&caller, &conn.session(), &conn.rooms(), &event, data)
-                    .await
-                    .ok_or_else(|| {
-                        Refusal::new("no_handler", format!("no backend route takes `{event}`"))
-                    })?
-                    .map_err(|e| Refusal::from(Denied::new(&e.code(), e.client_message())))?;
-                access.apply(conn, state, answer.actions).await?;
-                json!({ "result": answer.result })
+                json!({ "result": cmd.rpc(c, &event, data).await? })
             }
-            ClientCommand::Join { .. } => unreachable!("joins are answered by `join`"),
+            ClientCommand::Join { room, since } => {
+                // Answered by `join` itself, before any replay.
+                Task::join(&cmd, c, id, room, since).await?;
+                return Ok(Reply::Nothing);
+            }
             ClientCommand::Leave { room } => {
-                access.may_act(conn)?;
-                let left = conn.leave(&room).await?;
-                if left {
-                    access.webhook("leave", conn, Some(&room), None);
-                }
+                let left = cmd.leave(c, &room).await?;
                 json!({ "room": room, "left": left })
             }
             ClientCommand::Publish {
@@ -640,34 +522,23 @@ impl Task {
                 data,
                 exclude_self,
             } => {
-                roomcast_core::room::validate_room_name(&room, s.hub.config().max_room_name_bytes)
-                    .map_err(|e| Refusal::new("invalid_room", e))?;
-                access.may_publish(conn, &room)?;
                 let n = publish(Target::Room(room), event, data, exclude_self).await?;
                 json!({ "delivered": n })
             }
             ClientCommand::Send { user, event, data } => {
-                access.may_send(conn)?;
                 let n = publish(Target::User(user), event, data, false).await?;
                 json!({ "delivered": n })
             }
             ClientCommand::Broadcast { event, data } => {
-                access.may_broadcast(conn)?;
                 let n = publish(Target::All, event, data, false).await?;
                 json!({ "delivered": n })
             }
             ClientCommand::Presence { room } => {
-                roomcast_core::room::validate_room_name(&room, s.hub.config().max_room_name_bytes)
-                    .map_err(|e| Refusal::new("invalid_room", e))?;
-                access.may_see_presence(conn, state, &room)?;
-                let p = s.hub.room_presence(&room).await?;
+                let p = cmd.presence(Actor::Client(c), &room).await?;
                 json!({ "room": room, "connections": p.connections, "users": p.users, "anonymous": p.anonymous })
             }
             ClientCommand::Session { data } => {
-                access.may_set_session(conn, state, &data)?;
-                conn.merge_session(data)
-                    .map_err(|e| Refusal::new("session_too_large", e))?;
-                json!({ "session": conn.session() })
+                json!({ "session": cmd.session(c, data)? })
             }
             ClientCommand::Ping => return Ok(Reply::Pong),
         }))

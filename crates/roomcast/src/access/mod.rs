@@ -1,161 +1,26 @@
 //! What a client connection may do: room rules (`join`, `publish`), client
-//! `send`/`broadcast`, the message rate limit, connection expiry, and applying
-//! an [`Identity`] to a fresh connection. Shared by the native and Socket.IO
-//! front ends; the HTTP API and Rust code are not bound by it.
+//! `send`/`broadcast`, the message rate limit, and applying an [`Identity`]
+//! to a connection (per-user cap, grants, expiry). The command layer asks it
+//! before acting; the HTTP API and Rust code are
+//! not bound by it. Per-connection state is in `client.rs`.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
-use axum::http::HeaderMap;
 use serde_json::Value;
 
 use roomcast_core::room::{JoinRule, PublishRule, RoomRules};
-use roomcast_core::{Connection, Disconnect, Who};
+use roomcast_core::{Connection, Disconnect};
 
-use crate::auth::{Credentials, Handshake, Identity};
-use crate::backend::{Backend, Caller};
+use crate::auth::Identity;
+use crate::backend::Backend;
+use crate::codes::{Code, Refusal};
 use crate::config::Config;
 use crate::metrics::ServerMetrics;
 
-/// A refused action: an error code and a message for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Denied {
-    pub code: String,
-    pub message: String,
-}
-
-impl Denied {
-    pub(crate) fn new(code: &str, message: impl ToString) -> Denied {
-        Denied {
-            code: code.to_owned(),
-            message: message.to_string(),
-        }
-    }
-}
-
-/// A token bucket: `rate` per second, up to `burst` saved.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-/// Per-connection state the policy needs.
-#[derive(Debug)]
-pub(crate) struct ClientState {
-    pub transport: &'static str,
-    pub namespace: Option<String>,
-    /// Handshake headers forwarded to the backend on each call.
-    pub forwarded: HeaderMap,
-    granted: Mutex<HashSet<String>>,
-    /// Session keys the server side set (connect answer, backend actions):
-    /// the client's own `session` command may not change them.
-    server_keys: Mutex<HashSet<String>>,
-    /// Seconds since the epoch; 0 when the credentials do not expire.
-    expires_at: AtomicU64,
-    bucket: Mutex<Bucket>,
-    /// Messages refused in a row for the rate limit.
-    strikes: AtomicU32,
-    /// The rate limit closed the connection; what is still queued is dropped.
-    rate_closed: std::sync::atomic::AtomicBool,
-    /// Backend calls (event proxy) this connection may have in flight.
-    pub rpc_slots: tokio::sync::Semaphore,
-    /// Cancelled when the connection closes (ends its expiry timer).
-    pub closed: tokio_util::sync::CancellationToken,
-}
-
-/// Event-proxy calls one connection may have in flight; more are refused
-/// with `too_many_requests` (a native connection runs one command at a time anyway).
-pub(crate) const RPC_PER_CONNECTION: usize = 8;
-
-/// Whether a message may go on under the rate limit.
-pub(crate) enum Rate {
-    Ok,
-    /// Refuse this one.
-    Refuse,
-    /// Refused too many in a row: close the connection (4005).
-    Close,
-    /// Already told to close: drop the message without an answer.
-    Closing,
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-impl ClientState {
-    pub(crate) fn new(
-        access: &Access,
-        transport: &'static str,
-        namespace: Option<String>,
-        headers: &HeaderMap,
-    ) -> ClientState {
-        ClientState {
-            transport,
-            namespace,
-            forwarded: access
-                .backend
-                .as_ref()
-                .map(|b| b.forwarded(headers))
-                .unwrap_or_default(),
-            granted: Mutex::new(HashSet::new()),
-            server_keys: Mutex::new(HashSet::new()),
-            expires_at: AtomicU64::new(0),
-            bucket: Mutex::new(Bucket {
-                tokens: access.burst as f64,
-                last: Instant::now(),
-            }),
-            strikes: AtomicU32::new(0),
-            rate_closed: std::sync::atomic::AtomicBool::new(false),
-            rpc_slots: tokio::sync::Semaphore::new(RPC_PER_CONNECTION),
-            closed: tokio_util::sync::CancellationToken::new(),
-        }
-    }
-
-    fn granted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.granted.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn server_keys(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.server_keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Session data set by the server side: its keys become the server's.
-    fn merge_server_session(
-        &self,
-        conn: &Connection,
-        data: serde_json::Map<String, Value>,
-    ) -> Result<(), roomcast_core::error::SessionError> {
-        self.server_keys().extend(data.keys().cloned());
-        conn.merge_session(data)
-    }
-
-    /// When the credentials expire (seconds since the epoch).
-    pub(crate) fn expires_at(&self) -> Option<u64> {
-        Some(self.expires_at.load(Ordering::Relaxed)).filter(|&t| t > 0)
-    }
-
-    /// How long until the credentials expire; `None` when they do not.
-    pub(crate) fn expires_in(&self) -> Option<std::time::Duration> {
-        self.expires_at()
-            .map(|t| std::time::Duration::from_secs(t.saturating_sub(now_s())))
-    }
-
-    pub(crate) fn caller<'a>(&'a self, conn: &'a Connection, user: Option<&'a str>) -> Caller<'a> {
-        Caller {
-            conn: conn.id(),
-            user,
-            transport: self.transport,
-            namespace: self.namespace.as_deref(),
-            forwarded: &self.forwarded,
-        }
-    }
-}
+mod client;
+pub(crate) use client::{ClientState, Rate};
 
 /// The policy of one server.
 pub(crate) struct Access {
@@ -198,7 +63,7 @@ impl Access {
         self.anonymous
     }
 
-    fn denied(&self, action: &'static str, d: Denied) -> Denied {
+    fn denied(&self, action: &'static str, d: Refusal) -> Refusal {
         self.metrics.denied(action);
         tracing::debug!(action, code = %d.code, message = %d.message, "client action refused");
         d
@@ -337,10 +202,10 @@ impl Access {
         conn: &Connection,
         state: &ClientState,
         identity: Identity,
-    ) -> Result<Option<u64>, Denied> {
+    ) -> Result<Option<u64>, Refusal> {
         if identity.user.as_deref() != conn.user().as_deref() {
-            return Err(Denied::new(
-                "auth_failed",
+            return Err(Refusal::new(
+                Code::AUTH_FAILED,
                 "a refreshed token must name the connection's user",
             ));
         }
@@ -354,10 +219,10 @@ impl Access {
         Ok(identity.expires_at)
     }
 
-    fn acting(&self, conn: &Connection) -> Result<(), Denied> {
+    fn acting(&self, conn: &Connection) -> Result<(), Refusal> {
         if !self.anonymous && conn.user().is_none() {
-            return Err(Denied::new(
-                "unauthenticated",
+            return Err(Refusal::new(
+                Code::UNAUTHENTICATED,
                 "authenticate first with {\"type\":\"auth\",...}",
             ));
         }
@@ -370,14 +235,14 @@ impl Access {
         conn: &Connection,
         state: &ClientState,
         room: &str,
-    ) -> Result<(), Denied> {
+    ) -> Result<(), Refusal> {
         self.acting(conn).map_err(|d| self.denied("join", d))?;
         let user = conn.user();
         let rule = self.rules.for_room_as(room, user.as_deref());
         let refuse = |why: &str| {
             Err(self.denied(
                 "join",
-                Denied::new("forbidden", format!("may not join `{room}`: {why}")),
+                Refusal::new(Code::FORBIDDEN, format!("may not join `{room}`: {why}")),
             ))
         };
         match own_join(rule.join, user.is_some(), state, room) {
@@ -391,7 +256,9 @@ impl Access {
                 backend
                     .subscribe(&caller, &conn.session(), room)
                     .await
-                    .map_err(|e| self.denied("join", Denied::new(&e.code(), e.client_message())))
+                    .map_err(|e| {
+                        self.denied("join", Refusal::passed_on(e.code(), e.client_message()))
+                    })
             }
         }
     }
@@ -405,7 +272,7 @@ impl Access {
         conn: &Connection,
         state: &ClientState,
         room: &str,
-    ) -> Result<(), Denied> {
+    ) -> Result<(), Refusal> {
         self.acting(conn).map_err(|d| self.denied("presence", d))?;
         if conn.rooms().iter().any(|r| r == room) {
             return Ok(());
@@ -417,15 +284,15 @@ impl Access {
         }
         Err(self.denied(
             "presence",
-            Denied::new(
-                "forbidden",
+            Refusal::new(
+                Code::FORBIDDEN,
                 format!("may not see who is in `{room}`: join it first"),
             ),
         ))
     }
 
     /// Whether the connection may publish to `room` from the client side.
-    pub(crate) fn may_publish(&self, conn: &Connection, room: &str) -> Result<(), Denied> {
+    pub(crate) fn may_publish(&self, conn: &Connection, room: &str) -> Result<(), Refusal> {
         self.acting(conn).map_err(|d| self.denied("publish", d))?;
         let user = conn.user();
         match self.rules.for_room_as(room, user.as_deref()).publish {
@@ -433,15 +300,15 @@ impl Access {
             PublishRule::Members if conn.rooms().iter().any(|r| r == room) => Ok(()),
             PublishRule::Members => Err(self.denied(
                 "publish",
-                Denied::new(
-                    "forbidden",
+                Refusal::new(
+                    Code::FORBIDDEN,
                     format!("may not publish to `{room}`: join it first"),
                 ),
             )),
             PublishRule::None => Err(self.denied(
                 "publish",
-                Denied::new(
-                    "forbidden",
+                Refusal::new(
+                    Code::FORBIDDEN,
                     format!("may not publish to `{room}`: only the server publishes there"),
                 ),
             )),
@@ -449,13 +316,13 @@ impl Access {
     }
 
     /// Whether clients may send to a user.
-    pub(crate) fn may_send(&self, conn: &Connection) -> Result<(), Denied> {
+    pub(crate) fn may_send(&self, conn: &Connection) -> Result<(), Refusal> {
         self.acting(conn).map_err(|d| self.denied("send", d))?;
         if !self.send {
             return Err(self.denied(
                 "send",
-                Denied::new(
-                    "forbidden",
+                Refusal::new(
+                    Code::FORBIDDEN,
                     "clients may not send to users (client.send = false)",
                 ),
             ));
@@ -464,13 +331,13 @@ impl Access {
     }
 
     /// Whether clients may broadcast.
-    pub(crate) fn may_broadcast(&self, conn: &Connection) -> Result<(), Denied> {
+    pub(crate) fn may_broadcast(&self, conn: &Connection) -> Result<(), Refusal> {
         self.acting(conn).map_err(|d| self.denied("broadcast", d))?;
         if !self.broadcast {
             return Err(self.denied(
                 "broadcast",
-                Denied::new(
-                    "forbidden",
+                Refusal::new(
+                    Code::FORBIDDEN,
                     "clients may not broadcast (client.broadcast = false)",
                 ),
             ));
@@ -485,14 +352,14 @@ impl Access {
         conn: &Connection,
         state: &ClientState,
         data: &serde_json::Map<String, Value>,
-    ) -> Result<(), Denied> {
+    ) -> Result<(), Refusal> {
         self.acting(conn).map_err(|d| self.denied("session", d))?;
         let owned = state.server_keys();
         if let Some(k) = data.keys().find(|k| owned.contains(*k)) {
             return Err(self.denied(
                 "session",
-                Denied::new(
-                    "forbidden",
+                Refusal::new(
+                    Code::FORBIDDEN,
                     format!("session key `{k}` is set by the server"),
                 ),
             ));
@@ -501,7 +368,7 @@ impl Access {
     }
 
     /// Whether a connection may do things that need no rule.
-    pub(crate) fn may_act(&self, conn: &Connection) -> Result<(), Denied> {
+    pub(crate) fn may_act(&self, conn: &Connection) -> Result<(), Refusal> {
         self.acting(conn)
     }
 
@@ -515,107 +382,6 @@ impl Access {
     ) {
         if let Some(b) = &self.backend {
             b.webhook(kind, conn.id(), conn.user().as_deref(), room, reason);
-        }
-    }
-
-    /// Runs the backend's actions for the calling connection, in order.
-    pub(crate) async fn apply(
-        &self,
-        conn: &Connection,
-        state: &ClientState,
-        actions: Vec<crate::backend::Action>,
-    ) -> Result<(), Denied> {
-        use crate::backend::Action;
-        use roomcast_core::{Publication, Target};
-        let publish = |target: Target, event: String, data: &Value, exclude: bool| {
-            Publication::json(target, event, data)
-                .map(|mut p| {
-                    if exclude {
-                        p.exclude = Some(conn.id());
-                    }
-                    p
-                })
-                .map_err(|e| Denied::new("backend_error", e))
-        };
-        for action in actions {
-            let r = match action {
-                Action::Publish {
-                    room,
-                    event,
-                    data,
-                    exclude_self,
-                } => match publish(Target::Room(room), event, &data, exclude_self) {
-                    Ok(p) => conn.publish(p).await.map(drop).map_err(|e| e.to_string()),
-                    Err(d) => return Err(d),
-                },
-                Action::Send { user, event, data } => {
-                    match publish(Target::User(user), event, &data, false) {
-                        Ok(p) => conn.publish(p).await.map(drop).map_err(|e| e.to_string()),
-                        Err(d) => return Err(d),
-                    }
-                }
-                Action::Broadcast { event, data } => {
-                    match publish(Target::All, event, &data, false) {
-                        Ok(p) => conn.publish(p).await.map(drop).map_err(|e| e.to_string()),
-                        Err(d) => return Err(d),
-                    }
-                }
-                Action::Join { room } => match conn.join(&room).await {
-                    Ok(added) => {
-                        if added {
-                            self.webhook("join", conn, Some(&room), None);
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                },
-                Action::Leave { room } => match conn.leave(&room).await {
-                    Ok(removed) => {
-                        if removed {
-                            self.webhook("leave", conn, Some(&room), None);
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                },
-                Action::Session { data } => state
-                    .merge_server_session(conn, data)
-                    .map_err(|e| e.to_string()),
-                Action::Disconnect { code, reason } => {
-                    let code = code.filter(|c| (4000..5000).contains(c)).unwrap_or(4500);
-                    let d = Disconnect::custom(
-                        code,
-                        reason.unwrap_or_else(|| Disconnect::BY_SERVER.reason.to_string()),
-                    );
-                    let _ = conn.hub().disconnect(Who::Conn(conn.id()), d).await;
-                    Ok(())
-                }
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "a backend action failed");
-                return Err(Denied::new("action_failed", e));
-            }
-        }
-        Ok(())
-    }
-
-    /// Builds the handshake description for the authenticator.
-    pub(crate) fn handshake(
-        conn: &Connection,
-        transport: &'static str,
-        namespace: Option<String>,
-        headers: &HeaderMap,
-    ) -> Handshake {
-        let remote = headers
-            .get(crate::server::PEER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        Handshake {
-            conn: conn.id(),
-            transport,
-            namespace,
-            remote,
-            headers: headers.clone(),
         }
     }
 }
@@ -644,20 +410,4 @@ fn shard_of(user: &str, shards: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     user.hash(&mut h);
     h.finish() as usize % shards
-}
-
-/// Credentials from an auth payload (Socket.IO's `auth`, native `auth`).
-pub(crate) fn credentials_of(payload: &Value, proxy: bool) -> Option<Credentials> {
-    let str_of = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_owned);
-    if let Some(t) = str_of("token") {
-        return Some(Credentials::Token(t));
-    }
-    if proxy {
-        return Some(match payload {
-            Value::Null => Credentials::Handshake,
-            Value::Object(m) if m.is_empty() => Credentials::Handshake,
-            other => Credentials::Data(other.clone()),
-        });
-    }
-    str_of("user").map(Credentials::User)
 }
