@@ -4,20 +4,37 @@
 //!
 //! # Layout
 //!
-//! - [`Server`] (`server.rs`): owns the hub; [`Server::router`] gives every
-//!   route, [`Server::run`] serves them with a graceful drain.
-//! - `ws.rs`: one task per native WebSocket connection (read, batched writes,
-//!   heartbeat, close codes).
-//! - [`native`]: the native protocol's codec, pure functions over JSON text.
-//! - `api.rs`: the `/api/*` routes, `/healthz`, `/metrics`.
-//! - `socketio.rs`: Socket.IO clients of the standalone server (auth payload,
-//!   built-in room events), on [`roomcast_socketio`].
-//! - [`auth`]: the authentication seam: open, token (JWT, `jwt.rs`) and proxy modes.
-//! - `access.rs`: what a client may do (room rules, client send/broadcast,
-//!   rate limit, expiry); `guard.rs`: origin allow-list and per-IP connection rate.
-//! - [`backend`]: the backend over HTTP: connect, subscribe and event proxies, webhooks.
+//! Leaves first; each module imports only those above it in this list.
+//!
 //! - [`config`]: [`Config`], whose `Default` is the documented default.
+//! - [`codes`]: the table of client-visible error codes and `Refusal`.
+//! - `http.rs`: the peer-address header, JSON error answers, bearer tokens.
 //! - [`metrics`]: counters and the Prometheus rendering.
+//! - [`auth`]: the authentication seam ([`auth::Authenticator`]): open, token
+//!   (JWT, `auth/jwt.rs`) and proxy modes; [`auth::ConnectProxy`] is the
+//!   backend's part in proxy mode.
+//! - [`backend`]: the backend over HTTP: connect, subscribe and event proxies, webhooks.
+//! - `access/`: what a client may do (room rules, client send/broadcast,
+//!   rate limit, the per-user cap); `access/client.rs` is its per-connection state.
+//! - `command.rs`: the command layer. Every client command and the API's
+//!   publish and presence go through it: checked once, executed once.
+//! - Front ends, which decode into the command layer and encode its results:
+//!   [`native`] (the codec; `native/socket.rs` runs one task per connection),
+//!   `socketio.rs` (Socket.IO clients of the standalone server, on
+//!   [`roomcast_socketio`]), `api.rs` (`/api/*`, `/healthz`, `/metrics`).
+//! - `guard.rs`: origin allow-list and per-IP connection rate, before a handshake.
+//! - `forward.rs`: forwards Engine.IO long-polling requests to the node that
+//!   holds the session (with the Redis broker).
+//! - [`Server`] (`server.rs`): only wiring: builds the above from a
+//!   [`Config`]; [`Server::router`] gives every route, [`Server::run`] serves
+//!   them with a graceful drain.
+//!
+//! # Features
+//!
+//! - `redis` (default): the Redis broker, presence and history stores and the
+//!   emitter bridges, used when `broker.url` is set. With
+//!   `default-features = false` the crate does not compile the Redis client and
+//!   a configured `broker.url` is a [`StartError`].
 //!
 //! # Example
 //!

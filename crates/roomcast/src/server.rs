@@ -51,8 +51,14 @@ impl std::fmt::Debug for Server {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The Redis broker could not be set up.
+    #[cfg(feature = "redis")]
     #[error(transparent)]
     Redis(#[from] roomcast_redis::StartError),
+    /// `broker.url` is set, but this build has no Redis client (the crate's
+    /// `redis` feature is off).
+    #[cfg(not(feature = "redis"))]
+    #[error("broker.url is set, but roomcast was built without its `redis` feature")]
+    NoRedis,
     /// The JWT keys could not be loaded.
     #[error(transparent)]
     Jwt(#[from] crate::auth::KeyError),
@@ -83,32 +89,7 @@ impl Server {
             );
             return Server::try_with_hub(config, hub);
         }
-        let mut rc = roomcast_redis::RedisConfig::new(&b.url);
-        rc.prefix = b.prefix.clone();
-        rc.cluster = b.cluster;
-        rc.heartbeat = Duration::from_millis(b.heartbeat_ms);
-        rc.node_ttl = Duration::from_millis(b.node_ttl_ms);
-        rc.history_meta_ttl = Duration::from_secs(config.history.meta_ttl);
-        let redis = roomcast_redis::Redis::start(rc)?;
-        let hub = Hub::with_stores(
-            config.hub_config(),
-            Arc::new(redis.broker()),
-            Arc::new(redis.presence()),
-            Arc::new(redis.history()),
-        );
-        let emitters = b.emitter_list().unwrap_or_default();
-        if !emitters.is_empty() {
-            let on = |name: &str, value: &String| emitters.contains(&name).then(|| value.clone());
-            redis.enable_emitters(
-                &hub,
-                roomcast_redis::emitter::EmitterConfig {
-                    python_socketio: on("python-socketio", &b.python_socketio_channel),
-                    socket_io: on("socket.io", &b.socket_io_prefix),
-                    limits: Default::default(),
-                },
-            );
-        }
-        tracing::info!(url = %b.url, node = %hub.node(), emitters = %b.emitters, "using the redis broker");
+        let hub = redis_hub(&config)?;
         let server = Server::try_with_hub(config, hub)?;
         if let Some(io) = server.socketio() {
             let c = &server.config().socketio;
@@ -336,6 +317,45 @@ impl Server {
         tokio::time::sleep_until(started + Duration::from_millis(c.linger_ms)).await;
         done
     }
+}
+
+/// A hub on the Redis broker, presence and history of `config.broker`, with
+/// the emitter bridges it names.
+#[cfg(feature = "redis")]
+fn redis_hub(config: &Config) -> Result<Hub, StartError> {
+    let b = &config.broker;
+    let mut rc = roomcast_redis::RedisConfig::new(&b.url);
+    rc.prefix = b.prefix.clone();
+    rc.cluster = b.cluster;
+    rc.heartbeat = Duration::from_millis(b.heartbeat_ms);
+    rc.node_ttl = Duration::from_millis(b.node_ttl_ms);
+    rc.history_meta_ttl = Duration::from_secs(config.history.meta_ttl);
+    let redis = roomcast_redis::Redis::start(rc)?;
+    let hub = Hub::with_stores(
+        config.hub_config(),
+        Arc::new(redis.broker()),
+        Arc::new(redis.presence()),
+        Arc::new(redis.history()),
+    );
+    let emitters = b.emitter_list().unwrap_or_default();
+    if !emitters.is_empty() {
+        let on = |name: &str, value: &String| emitters.contains(&name).then(|| value.clone());
+        redis.enable_emitters(
+            &hub,
+            roomcast_redis::emitter::EmitterConfig {
+                python_socketio: on("python-socketio", &b.python_socketio_channel),
+                socket_io: on("socket.io", &b.socket_io_prefix),
+                limits: Default::default(),
+            },
+        );
+    }
+    tracing::info!(url = %b.url, node = %hub.node(), emitters = %b.emitters, "using the redis broker");
+    Ok(hub)
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_hub(_config: &Config) -> Result<Hub, StartError> {
+    Err(StartError::NoRedis)
 }
 
 /// How long HTTP exchanges may go on once the drain is over.
