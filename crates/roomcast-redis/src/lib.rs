@@ -34,7 +34,6 @@
 #![warn(missing_docs)]
 
 mod broker;
-mod cluster;
 pub mod emitter;
 mod history;
 mod presence;

@@ -120,6 +120,7 @@ pub trait Broker: Send + Sync + 'static {
 ///
 /// `make` returns brokers that share one backplane (for the memory broker, the
 /// same instance; for a network broker, clients of the same server).
+#[cfg(any(test, feature = "testing"))]
 pub mod suite {
     use std::sync::Mutex;
 

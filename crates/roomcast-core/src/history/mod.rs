@@ -172,6 +172,7 @@ pub fn new_epoch() -> String {
 /// `make` returns stores that share one set of streams (for the memory store,
 /// the same instance; for a network store, clients of the same server). Each
 /// call uses rooms of its own, named after `prefix`.
+#[cfg(any(test, feature = "testing"))]
 pub mod suite {
     use std::sync::Mutex;
 

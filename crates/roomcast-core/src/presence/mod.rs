@@ -176,6 +176,7 @@ pub trait PresenceStore: Send + Sync + 'static {
 /// The shared test suite every [`PresenceStore`] implementation must pass.
 ///
 /// `make` returns an empty store each time.
+#[cfg(any(test, feature = "testing"))]
 pub mod suite {
     use super::*;
 

@@ -19,7 +19,8 @@ use roomcast_core::broker::BrokerError;
 use roomcast_core::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::broker::{self, SubRequest};
+use super as broker;
+use crate::broker::SubRequest;
 use crate::{Commands, Shared};
 
 fn bytes(v: &Value) -> Option<&[u8]> {
