@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - [`Hub`] (`hub.rs`): the local index of connections, rooms and users;
+//! - [`Hub`] (`hub/`, one child module per concern): the local index of connections, rooms and users;
 //!   join/leave, publish, server-side commands, presence queries, shutdown.
 //! - [`admission`]: the node's places for client connections
 //!   (`max_connections`), one count for every transport.

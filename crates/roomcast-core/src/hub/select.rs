@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{ConnState, EncodeCache, Hub, Tally};
+use super::delivery::{EncodeCache, Tally};
+use super::state::ConnState;
+use super::Hub;
 use crate::{ConnId, Disconnect, Payload, Publication};
 
 /// Which local connections an action applies to.
@@ -86,7 +88,7 @@ impl Hub {
         let mut n = 0;
         for c in self.select(selection) {
             for room in rooms {
-                if matches!(self.join_state(&c, room, true).await, Ok(true)) {
+                if matches!(self.join_room(&c, room, true).await, Ok(true)) {
                     n += 1;
                 }
             }
@@ -99,7 +101,7 @@ impl Hub {
         let mut n = 0;
         for c in self.select(selection) {
             for room in rooms {
-                if matches!(self.leave_state(&c, room, true).await, Ok(true)) {
+                if matches!(self.leave_room(&c, room, true).await, Ok(true)) {
                     n += 1;
                 }
             }
