@@ -88,6 +88,20 @@ pub enum LeaveError {
     Presence(#[from] PresenceError),
 }
 
+/// A server-side command ([`Hub::join`](crate::Hub::join),
+/// [`leave`](crate::Hub::leave), [`close_room`](crate::Hub::close_room))
+/// was refused or could not reach the other nodes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterCommandError {
+    /// The room name is invalid.
+    #[error(transparent)]
+    InvalidRoom(#[from] RoomNameError),
+    /// This node's connections were served; the broker could not carry the
+    /// command to the other nodes.
+    #[error("the command could not reach the other nodes: {0}")]
+    Broker(#[source] BrokerError),
+}
+
 /// A publication could not be sent.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {

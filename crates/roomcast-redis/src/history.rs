@@ -129,11 +129,11 @@ impl RedisHistory {
 
     fn unavailable(&self, e: impl std::fmt::Display) -> HistoryError {
         self.shared.failed(&e);
-        HistoryError(format!("redis: {e}"))
+        HistoryError::failed(format!("redis: {e}"))
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, HistoryError> {
-        let mut conn = self.shared.conn().map_err(HistoryError)?;
+        let mut conn = self.shared.conn().map_err(HistoryError::unavailable)?;
         cmd.query_async(&mut conn)
             .await
             .map_err(|e| self.unavailable(e))
@@ -160,8 +160,8 @@ impl HistoryStore for RedisHistory {
         publication: Publication,
         limits: &HistoryLimits,
     ) -> BoxFuture<'_, Result<Published, HistoryError>> {
-        let fail = |why: &str| -> BoxFuture<'_, Result<Published, HistoryError>> {
-            Box::pin(std::future::ready(Err(HistoryError(why.to_owned()))))
+        let fail = |why: &'static str| -> BoxFuture<'_, Result<Published, HistoryError>> {
+            Box::pin(std::future::ready(Err(HistoryError::unavailable(why))))
         };
         if self.shared.config.cluster {
             return fail("history needs a single Redis server, not a Redis Cluster");
@@ -201,8 +201,8 @@ impl HistoryStore for RedisHistory {
         Box::pin(async move {
             let value = match reply.await {
                 Ok(Reply::Value(Ok(v))) => v,
-                Ok(Reply::Value(Err(e))) => return Err(HistoryError(e)),
-                _ => return Err(HistoryError("redis publisher stopped".into())),
+                Ok(Reply::Value(Err(e))) => return Err(HistoryError::failed(e)),
+                _ => return Err(HistoryError::unavailable("redis publisher stopped")),
             };
             let (offset, epoch, seq): (u64, String, u64) =
                 redis::FromRedisValue::from_redis_value(value).map_err(|e| self.unavailable(e))?;
@@ -379,9 +379,11 @@ fn decode(
     let mut out = Vec::new();
     for e in entries.iter().filter(|e| pick(e)).take(limit) {
         let env = wire::decode(&e.3)
-            .map_err(|err| HistoryError(format!("malformed history entry: {err}")))?;
+            .map_err(|err| HistoryError::failed(format!("malformed history entry: {err}")))?;
         let Payload::Publication(p) = env.payload else {
-            return Err(HistoryError("history entry is not a publication".into()));
+            return Err(HistoryError::unavailable(
+                "history entry is not a publication",
+            ));
         };
         let mut p = Arc::unwrap_or_clone(p);
         p.position = Some(StreamPosition {

@@ -132,7 +132,7 @@ pub(crate) struct State {
 }
 
 fn perr(e: impl std::fmt::Display) -> PresenceError {
-    PresenceError(e.to_string())
+    PresenceError::failed(e.to_string())
 }
 
 impl State {
@@ -154,7 +154,7 @@ impl State {
 
     /// Runs one op of the script.
     async fn op<T: redis::FromRedisValue>(&self, args: &[&str]) -> Result<T, PresenceError> {
-        let mut conn = self.shared.conn().map_err(PresenceError)?;
+        let mut conn = self.shared.conn().map_err(PresenceError::unavailable)?;
         let mut inv = self.script.prepare_invoke();
         // The key only routes the script to the shard holding presence (in a cluster).
         inv.key(self.shared.key("nodes"));
@@ -184,7 +184,7 @@ impl State {
         &self,
         cmd: &mut redis::Cmd,
     ) -> Result<T, PresenceError> {
-        let mut conn = self.shared.conn().map_err(PresenceError)?;
+        let mut conn = self.shared.conn().map_err(PresenceError::unavailable)?;
         cmd.query_async(&mut conn).await.map_err(|e| {
             self.shared.failed(&e);
             perr(e)
@@ -195,7 +195,7 @@ impl State {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, PresenceError> {
-        let mut conn = self.shared.conn().map_err(PresenceError)?;
+        let mut conn = self.shared.conn().map_err(PresenceError::unavailable)?;
         pipe.query_async(&mut conn).await.map_err(|e| {
             self.shared.failed(&e);
             perr(e)

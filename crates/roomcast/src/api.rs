@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use roomcast_core::error::{JoinError, LeaveError, PublishError, QueryError};
+use roomcast_core::error::{ClusterCommandError, JoinError, LeaveError, PublishError, QueryError};
 use roomcast_core::history::Since;
 use roomcast_core::room::RoomNameError;
 use roomcast_core::{ConnId, Disconnect, Publication, Target, Who};
@@ -109,6 +109,19 @@ impl From<LeaveError> for ApiError {
         match e {
             LeaveError::InvalidRoom(e) => room_error("room", e),
             e => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::BACKEND_UNAVAILABLE,
+                e,
+            ),
+        }
+    }
+}
+
+impl From<ClusterCommandError> for ApiError {
+    fn from(e: ClusterCommandError) -> Self {
+        match e {
+            ClusterCommandError::InvalidRoom(e) => room_error("room", e),
+            ClusterCommandError::Broker(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::BACKEND_UNAVAILABLE,
                 e,

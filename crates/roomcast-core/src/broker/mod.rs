@@ -16,8 +16,27 @@ use crate::{BoxFuture, Envelope, NodeId};
 
 /// The broker failed to carry an envelope.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("broker unavailable: {0}")]
-pub struct BrokerError(pub String);
+pub enum BrokerError {
+    /// The broker cannot take the call now (an outage, a full queue, a stopped
+    /// task); the reason says which.
+    #[error("broker unavailable: {0}")]
+    Unavailable(std::borrow::Cow<'static, str>),
+    /// A call to the broker's backend failed or was answered with nonsense.
+    #[error("broker failed: {0}")]
+    Failed(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl BrokerError {
+    /// [`BrokerError::Failed`] with `cause` as its source.
+    pub fn failed(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BrokerError {
+        BrokerError::Failed(Arc::from(cause.into()))
+    }
+
+    /// [`BrokerError::Unavailable`] for `reason`.
+    pub fn unavailable(reason: impl Into<std::borrow::Cow<'static, str>>) -> BrokerError {
+        BrokerError::Unavailable(reason.into())
+    }
+}
 
 /// Where a broker hands envelopes from other nodes; implemented by the hub.
 pub trait EnvelopeSink: Send + Sync + 'static {

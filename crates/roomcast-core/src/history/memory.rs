@@ -171,7 +171,7 @@ impl MemoryHistory {
         limits: &HistoryLimits,
     ) -> Result<Published, HistoryError> {
         let Target::Room(room) = &publication.target else {
-            return Err(HistoryError("only room publications have history".into()));
+            return Err(HistoryError::NotARoom);
         };
         let now = Instant::now();
         let mut state = self.lock();

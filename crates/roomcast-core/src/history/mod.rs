@@ -98,8 +98,30 @@ pub struct Published {
 
 /// The history store failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("history unavailable: {0}")]
-pub struct HistoryError(pub String);
+pub enum HistoryError {
+    /// The history store cannot take the call now (an outage, a full queue, a stopped
+    /// task); the reason says which.
+    #[error("history unavailable: {0}")]
+    Unavailable(std::borrow::Cow<'static, str>),
+    /// A call to the history store's backend failed or was answered with nonsense.
+    #[error("history failed: {0}")]
+    Failed(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// Only publications to a room have history.
+    #[error("only room publications have history")]
+    NotARoom,
+}
+
+impl HistoryError {
+    /// [`HistoryError::Failed`] with `cause` as its source.
+    pub fn failed(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> HistoryError {
+        HistoryError::Failed(Arc::from(cause.into()))
+    }
+
+    /// [`HistoryError::Unavailable`] for `reason`.
+    pub fn unavailable(reason: impl Into<std::borrow::Cow<'static, str>>) -> HistoryError {
+        HistoryError::Unavailable(reason.into())
+    }
+}
 
 /// Appends room publications to their streams, delivers them in stream order
 /// and reads the streams back; see the module docs.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{JoinError, LeaveError};
+use crate::error::ClusterCommandError;
 use crate::room::validate_room_name;
 use crate::{Command, Disconnect, Payload, Who};
 
@@ -80,36 +80,36 @@ impl Hub {
 
     /// Puts every connection of `who` into `room`, on every node; they are told
     /// with a membership notice. Returns how many local connections joined.
-    pub async fn join(&self, who: Who, room: &str) -> Result<usize, JoinError> {
+    pub async fn join(&self, who: Who, room: &str) -> Result<usize, ClusterCommandError> {
         validate_room_name(room, self.inner.config.max_room_name_bytes)?;
         self.run_command(Command::Join {
             who,
             room: room.to_owned(),
         })
         .await
-        .map_err(|e| JoinError::Presence(crate::presence::PresenceError(e.0)))
+        .map_err(ClusterCommandError::Broker)
     }
 
     /// Takes every connection of `who` out of `room`, on every node.
-    pub async fn leave(&self, who: Who, room: &str) -> Result<usize, LeaveError> {
+    pub async fn leave(&self, who: Who, room: &str) -> Result<usize, ClusterCommandError> {
         validate_room_name(room, self.inner.config.max_room_name_bytes)?;
         self.run_command(Command::Leave {
             who,
             room: room.to_owned(),
         })
         .await
-        .map_err(|e| LeaveError::Presence(crate::presence::PresenceError(e.0)))
+        .map_err(ClusterCommandError::Broker)
     }
 
     /// Takes every member out of `room`, on every node; they are told with a
     /// membership notice. Returns how many local connections left.
-    pub async fn close_room(&self, room: &str) -> Result<usize, LeaveError> {
+    pub async fn close_room(&self, room: &str) -> Result<usize, ClusterCommandError> {
         validate_room_name(room, self.inner.config.max_room_name_bytes)?;
         self.run_command(Command::CloseRoom {
             room: room.to_owned(),
         })
         .await
-        .map_err(|e| LeaveError::Presence(crate::presence::PresenceError(e.0)))
+        .map_err(ClusterCommandError::Broker)
     }
 
     /// Disconnects every connection of `who`, on every node, with `reason`.

@@ -17,8 +17,27 @@ use crate::{BoxFuture, ConnId, NodeId};
 
 /// The presence store could not be reached or answered nonsense.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("presence store unavailable: {0}")]
-pub struct PresenceError(pub String);
+pub enum PresenceError {
+    /// The presence store cannot take the call now (an outage, a full queue, a stopped
+    /// task); the reason says which.
+    #[error("presence store unavailable: {0}")]
+    Unavailable(std::borrow::Cow<'static, str>),
+    /// A call to the presence store's backend failed or was answered with nonsense.
+    #[error("presence store failed: {0}")]
+    Failed(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl PresenceError {
+    /// [`PresenceError::Failed`] with `cause` as its source.
+    pub fn failed(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PresenceError {
+        PresenceError::Failed(Arc::from(cause.into()))
+    }
+
+    /// [`PresenceError::Unavailable`] for `reason`.
+    pub fn unavailable(reason: impl Into<std::borrow::Cow<'static, str>>) -> PresenceError {
+        PresenceError::Unavailable(reason.into())
+    }
+}
 
 /// A connection as the presence store sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -70,9 +70,9 @@ impl RedisBroker {
             done,
         });
         Box::pin(async move {
-            sent.map_err(|_| BrokerError("redis subscriber stopped".into()))?;
+            sent.map_err(|_| BrokerError::unavailable("redis subscriber stopped"))?;
             rx.await
-                .map_err(|_| BrokerError("redis subscriber stopped".into()))?
+                .map_err(|_| BrokerError::unavailable("redis subscriber stopped"))?
         })
     }
 }
@@ -98,8 +98,8 @@ impl Broker for RedisBroker {
     /// later failures in the log and in `roomcast_redis_unsent_total`.)
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BrokerError>> {
         if self.shared.outage.load(Ordering::Acquire) {
-            return Box::pin(std::future::ready(Err(BrokerError(
-                "redis unavailable".into(),
+            return Box::pin(std::future::ready(Err(BrokerError::unavailable(
+                "redis unavailable",
             ))));
         }
         let (done, sent) = oneshot::channel();
@@ -113,12 +113,12 @@ impl Broker for RedisBroker {
                 mpsc::error::TrySendError::Full(_) => "redis publish queue full",
                 mpsc::error::TrySendError::Closed(_) => "redis publisher stopped",
             };
-            return Box::pin(std::future::ready(Err(BrokerError(why.into()))));
+            return Box::pin(std::future::ready(Err(BrokerError::unavailable(why))));
         }
         Box::pin(async move {
             match sent.await {
-                Ok(Reply::Sent(r)) => r.map_err(BrokerError),
-                _ => Err(BrokerError("redis publisher stopped".into())),
+                Ok(Reply::Sent(r)) => r.map_err(BrokerError::failed),
+                _ => Err(BrokerError::unavailable("redis publisher stopped")),
             }
         })
     }

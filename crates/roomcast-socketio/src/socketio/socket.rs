@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use roomcast_core::error::{JoinError, LeaveError, PublishError};
+use roomcast_core::error::{ClusterCommandError, JoinError, LeaveError, PublishError};
 use roomcast_core::{BoxFuture, Connection, Frame, Hub, Publication, Target};
 
 use crate::engineio::Session;
@@ -365,7 +365,7 @@ impl Socket {
     }
 
     /// Takes every member out of a room, on every node.
-    pub async fn close_room(&self, room: &str) -> Result<usize, LeaveError> {
+    pub async fn close_room(&self, room: &str) -> Result<usize, ClusterCommandError> {
         self.hub().close_room(room).await
     }
 

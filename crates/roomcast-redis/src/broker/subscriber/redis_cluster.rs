@@ -123,7 +123,7 @@ pub(crate) async fn subscriber(
                     if let Some(topic) = &req.topic {
                         broker::settle(&*sink, &prefix, topic, &mut wanted);
                     }
-                    let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
+                    let _ = req.done.send(Err(BrokerError::unavailable("redis unavailable")));
                 }
                 _ = shared.stop.cancelled() => return,
             }
@@ -184,7 +184,7 @@ pub(crate) async fn subscriber(
                     pending_resubscribe = true;
                 }
                 for req in batch {
-                    let _ = req.done.send(r.clone().map_err(BrokerError));
+                    let _ = req.done.send(r.clone().map_err(BrokerError::failed));
                 }
             }
             _ = ping.tick() => {

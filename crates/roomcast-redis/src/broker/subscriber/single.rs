@@ -65,7 +65,7 @@ pub(super) async fn run(
                         if let Some(topic) = &req.topic {
                             settle(&*sink, &prefix, topic, &mut wanted);
                         }
-                        let _ = req.done.send(Err(BrokerError("redis unavailable".into())));
+                        let _ = req.done.send(Err(BrokerError::unavailable("redis unavailable")));
                     }
                     _ = shared.stop.cancelled() => return,
                 }
@@ -119,7 +119,7 @@ pub(super) async fn run(
                     for req in batch {
                         let _ = req.done.send(match &failed {
                             None => Ok(()),
-                            Some(e) => Err(BrokerError(e.clone())),
+                            Some(e) => Err(BrokerError::failed(e.clone())),
                         });
                     }
                     if let Some(e) = failed {
