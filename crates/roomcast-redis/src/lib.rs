@@ -10,8 +10,11 @@
 //! - [`Redis`]: the shared client. One subscriber connection (a task that
 //!   reconnects with backoff and resubscribes) and one multiplexed command
 //!   connection serve both backends.
-//! - [`RedisBroker`] (`broker.rs`): channel per room, per user, per node, plus
+//! - [`RedisBroker`] (`broker/`): channel per room, per user, per node, plus
 //!   one for broadcasts; a node subscribes only to what its connections need.
+//!   `broker/publisher.rs` pipelines what the node sends; `broker/subscriber/`
+//!   owns the subscriber connection, on one server (`single.rs`) or a Redis
+//!   Cluster with sharded pub/sub (`redis_cluster.rs`).
 //! - [`RedisHistory`] (`history.rs`): room streams (Redis streams) appended
 //!   and published by one script, so every node sees them in stream order;
 //!   Socket.IO recovery sessions.
