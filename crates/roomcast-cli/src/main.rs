@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Keep publications in room history for this many seconds (default 300)
     #[arg(long, value_name = "SECONDS")]
     history_ttl: Option<u64>,
+    /// A URL-per-room WebSocket endpoint in relay mode, e.g. '/room/{room}/'
+    /// (repeatable; added to the file's [[endpoints]])
+    #[arg(long, value_name = "PATH")]
+    endpoint: Vec<String>,
     /// `roomcast config` only: print keys and secrets as given instead of masked
     #[arg(long)]
     show_secrets: bool,
@@ -108,7 +112,16 @@ impl ServeArgs {
             .config
             .clone()
             .or_else(|| std::env::var_os("ROOMCAST_CONFIG").map(PathBuf::from));
-        settings::load(file.as_deref(), std::env::vars(), &flags)
+        let mut config = settings::load(file.as_deref(), std::env::vars(), &flags)?;
+        if !self.endpoint.is_empty() {
+            config.endpoints.extend(
+                self.endpoint
+                    .iter()
+                    .map(|p| roomcast::config::EndpointConfig::relay(p)),
+            );
+            config.validate()?;
+        }
+        Ok(config)
     }
 }
 

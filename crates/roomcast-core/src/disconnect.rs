@@ -80,6 +80,10 @@ impl Disconnect {
     /// 4505: the user already has `limits.max_connections_per_user` connections on this node.
     pub const TOO_MANY_CONNECTIONS: Disconnect =
         Disconnect::known(4505, "too many connections for this user");
+    /// 4506: a URL-per-room endpoint's connection may not join the room of
+    /// its path (the room's `join` rule, the subscribe proxy, a full room, an
+    /// invalid name).
+    pub const JOIN_REFUSED: Disconnect = Disconnect::known(4506, "join refused");
 
     /// Every code of the table, for documentation and tests.
     pub const TABLE: &'static [Disconnect] = &[
@@ -98,6 +102,7 @@ impl Disconnect {
         Disconnect::PROTOCOL_ERROR,
         Disconnect::TOKEN_EXPIRED,
         Disconnect::TOO_MANY_CONNECTIONS,
+        Disconnect::JOIN_REFUSED,
     ];
 }
 

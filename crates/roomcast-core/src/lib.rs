@@ -86,8 +86,8 @@ pub use hub::{
 };
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{
-    json_depth_within, Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication, Route,
-    Sender, StreamPosition, Target, Who, MAX_JSON_DEPTH,
+    json_depth_within, Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication,
+    Relayed, Route, Sender, StreamPosition, Target, Who, MAX_JSON_DEPTH,
 };
 pub use outbox::{Outbox, PushError};
 pub use protocol::Protocol;

@@ -62,6 +62,25 @@ pub struct Publication {
     /// Socket.IO emitter): Socket.IO spreads them, the native protocol sends
     /// the array.
     pub spread: bool,
+    /// A frame a client sent on a relay endpoint, kept in `data` so that
+    /// endpoint members get it byte for byte; [`Relayed::No`] for everything else.
+    pub relayed: Relayed,
+}
+
+/// How a frame relayed from an endpoint client (a URL-per-room WebSocket) is
+/// kept in a [`Publication`]'s `data`. Endpoint members get the frame as it
+/// was sent; other protocols see `data` as JSON like any publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Relayed {
+    /// Not a relayed frame.
+    #[default]
+    No,
+    /// A text frame holding JSON: `data` is that text, unchanged.
+    Json,
+    /// A text frame that is not JSON: `data` is a JSON string of the text.
+    Text,
+    /// A binary frame: `data` is a JSON string of its bytes in base64.
+    Binary,
 }
 
 impl Publication {
@@ -75,6 +94,7 @@ impl Publication {
             exclude: None,
             position: None,
             spread: false,
+            relayed: Relayed::No,
         }
     }
 

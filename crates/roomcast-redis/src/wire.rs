@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use roomcast_core::{
     Command, ConnId, Disconnect, Envelope, NodeId, Payload, PresenceEvent, PresenceKind,
-    Publication, Sender, StreamPosition, Target, Who,
+    Publication, Relayed, Sender, StreamPosition, Target, Who,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -55,6 +55,9 @@ struct Wire<'a> {
     exclude: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     spread: bool,
+    /// A relayed endpoint frame: 1 JSON text, 2 other text, 3 binary.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    relayed: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offset: Option<u64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +71,10 @@ struct Wire<'a> {
     code: Option<u16>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     reason: Option<Cow<'a, str>>,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// A field that is there is `Some`, even when it holds `null`.
@@ -90,6 +97,7 @@ impl<'a> Wire<'a> {
             from_user: None,
             exclude: None,
             spread: false,
+            relayed: 0,
             offset: None,
             epoch: None,
             seq: None,
@@ -126,6 +134,12 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
             }
             w.exclude = p.exclude.map(|c| c.0);
             w.spread = p.spread;
+            w.relayed = match p.relayed {
+                Relayed::No => 0,
+                Relayed::Json => 1,
+                Relayed::Text => 2,
+                Relayed::Binary => 3,
+            };
             if let Some(pos) = &p.position {
                 w.offset = Some(pos.offset);
                 w.epoch = Some(Cow::Borrowed(&pos.epoch));
@@ -209,6 +223,12 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             });
             p.exclude = w.exclude.map(ConnId);
             p.spread = w.spread;
+            p.relayed = match w.relayed {
+                1 => Relayed::Json,
+                2 => Relayed::Text,
+                3 => Relayed::Binary,
+                _ => Relayed::No,
+            };
             p.position = match (w.offset, &w.epoch) {
                 (Some(offset), Some(epoch)) => Some(StreamPosition {
                     offset,
@@ -277,6 +297,7 @@ mod tests {
         });
         p.exclude = Some(ConnId(9));
         p.spread = true;
+        p.relayed = Relayed::Text;
         p.position = Some(StreamPosition {
             offset: 42,
             epoch: "ep".into(),
@@ -296,6 +317,7 @@ mod tests {
         assert_eq!(q.from, p.from);
         assert_eq!(q.exclude, p.exclude);
         assert!(q.spread);
+        assert_eq!(q.relayed, Relayed::Text);
         assert_eq!(q.position, p.position);
         for target in [
             Target::User("u".into()),

@@ -44,6 +44,80 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Per-room rules, first match wins; rooms no rule matches get the defaults.
     pub rooms: Vec<RoomRule>,
+    /// URL-per-room WebSocket endpoints (`[[endpoints]]`), for pages written
+    /// for Django Channels; see `docs/channels.md`.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// `[[endpoints]]`: a WebSocket path with the room in it (`/ws/chat/{room}/`).
+/// A connection joins its room on connect; every frame it sends goes to the
+/// room's members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The path; `{room}` captures one whole path segment.
+    pub path: String,
+    /// The hub room a connection joins, with `{room}` replaced by the
+    /// captured segment. Default: `"{room}"`.
+    #[serde(default = "room_placeholder")]
+    pub room: String,
+    /// What happens to client frames. Default: `relay`.
+    #[serde(default)]
+    pub mode: EndpointMode,
+}
+
+fn room_placeholder() -> String {
+    "{room}".to_owned()
+}
+
+impl EndpointConfig {
+    /// An endpoint at `path` in relay mode, joining the room `{room}`.
+    pub fn relay(path: &str) -> EndpointConfig {
+        EndpointConfig {
+            path: path.to_owned(),
+            room: room_placeholder(),
+            mode: EndpointMode::Relay,
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), String> {
+        let key = format!("endpoints[{i}]");
+        if !self.path.starts_with('/') {
+            return Err(format!(
+                "{key}.path must start with '/', got {:?}",
+                self.path
+            ));
+        }
+        let captures = self
+            .path
+            .split('/')
+            .filter(|seg| seg.contains('{') || seg.contains('}'))
+            .collect::<Vec<_>>();
+        if captures != ["{room}"] {
+            return Err(format!(
+                "{key}.path must hold {{room}} once, as a whole path segment (\"/ws/chat/{{room}}/\"), got {:?}",
+                self.path
+            ));
+        }
+        if self.room.matches("{room}").count() > 1
+            || self.room.replace("{room}", "").contains(['{', '}'])
+        {
+            return Err(format!(
+                "{key}.room may hold {{room}} once and no other braces, got {:?}",
+                self.room
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What an endpoint does with the frames its clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// Every frame goes to every member of the room, the sender included.
+    #[default]
+    Relay,
 }
 
 /// `[history]`: what rooms keep for clients that reconnect (see `docs/recovery.md`).
@@ -87,6 +161,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             history: HistoryConfig::default(),
             rooms: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -820,6 +895,18 @@ impl Config {
         }
         self.broker.validate()?;
         self.proxy.validate(self.auth.mode)?;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            e.validate(i)?;
+            if self.endpoints[..i].iter().any(|o| o.path == e.path) {
+                return Err(format!("endpoints[{i}].path {:?} is listed twice", e.path));
+            }
+            if e.path == "/ws" || e.path == "/" || e.path.starts_with("/api/") {
+                return Err(format!(
+                    "endpoints[{i}].path {:?} is roomcast's own",
+                    e.path
+                ));
+            }
+        }
         if self.auth.mode == AuthMode::Token && !self.auth.jwt.has_key() {
             return Err("auth.mode = \"token\" needs a key: auth.jwt.secret, auth.jwt.public_key, auth.jwt.public_key_file or auth.jwt.jwks_file".to_owned());
         }

@@ -21,7 +21,8 @@
 //! - Front ends, which decode into the command layer and encode its results:
 //!   [`native`] (the codec; `native/socket.rs` runs one task per connection),
 //!   `socketio.rs` (Socket.IO clients of the standalone server, on
-//!   [`roomcast_socketio`]), `api.rs` (`/api/*`, `/healthz`, `/metrics`).
+//!   [`roomcast_socketio`]), `endpoint.rs` (URL-per-room WebSockets,
+//!   `[[endpoints]]`), `api.rs` (`/api/*`, `/healthz`, `/metrics`).
 //! - `guard.rs`: origin allow-list and per-IP connection rate, before a handshake.
 //! - `forward.rs`: forwards Engine.IO long-polling requests to the node that
 //!   holds the session (with the Redis broker).
@@ -70,6 +71,7 @@ pub mod backend;
 pub mod codes;
 mod command;
 pub mod config;
+mod endpoint;
 mod forward;
 mod guard;
 mod http;
@@ -80,6 +82,7 @@ mod socketio;
 
 pub use api::ApiError;
 pub use config::Config;
+pub use endpoint::RELAY_EVENT;
 pub use roomcast_core;
 pub use roomcast_socketio;
 pub use server::{Server, StartError};

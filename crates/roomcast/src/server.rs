@@ -27,6 +27,7 @@ use crate::Config;
 struct Inner {
     commands: Arc<Commands>,
     native: Arc<crate::native::Endpoint>,
+    endpoints: Vec<Arc<crate::endpoint::Endpoint>>,
     guard: Arc<Guard>,
     socketio: Option<roomcast_socketio::socketio::SocketIo>,
     tasks: TaskTracker,
@@ -173,6 +174,18 @@ impl Server {
                     protocol: Arc::new(NativeProtocol),
                     tasks: tasks.clone(),
                 }),
+                endpoints: config
+                    .endpoints
+                    .iter()
+                    .map(|c| {
+                        Arc::new(crate::endpoint::Endpoint {
+                            config: c.clone(),
+                            commands: commands.clone(),
+                            protocol: Arc::new(crate::endpoint::EndpointProtocol),
+                            tasks: tasks.clone(),
+                        })
+                    })
+                    .collect(),
                 guard: Arc::new(Guard {
                     ip_limiter: IpLimiter::new(
                         config.limits.connection_rate_per_ip,
@@ -239,6 +252,12 @@ impl Server {
             .merge(crate::api::routes(self.inner.commands.clone()));
         if let Some(io) = &self.inner.socketio {
             router = router.merge(io.router(&self.config().socketio.path));
+        }
+        for e in &self.inner.endpoints {
+            router = router.route(
+                &e.config.path,
+                get(crate::endpoint::upgrade).with_state(e.clone()),
+            );
         }
         router.layer(axum::middleware::from_fn_with_state(
             self.inner.guard.clone(),

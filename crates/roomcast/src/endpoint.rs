@@ -1,0 +1,454 @@
+//! URL-per-room WebSocket endpoints (`[[endpoints]]`), for pages written for
+//! Django Channels: `new WebSocket("ws://host/ws/chat/lobby/")`. The path names
+//! the room; the connection joins it on connect, and in relay mode every frame
+//! it sends goes to every member of the room, the sender included. Endpoint
+//! clients speak no protocol of roomcast's: they get the frames of the room,
+//! WebSocket pings, and a close code. Everything else (authentication, the
+//! origin check, limits, join rules, presence, webhooks) is the same as for
+//! `/ws`, through the command layer. See `docs/channels.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::task::TaskTracker;
+
+use roomcast_core::admission::Slot;
+use roomcast_core::error::ConnectError;
+use roomcast_core::{
+    json_depth_within, Connection, Disconnect, Frame, PresenceEvent, Protocol, Publication,
+    Relayed, Target, MAX_JSON_DEPTH,
+};
+
+use crate::access::{ClientState, Rate};
+use crate::auth::{Credentials, Handshake};
+use crate::codes::Code;
+use crate::command::{Actor, Client, CommandError, Commands};
+use crate::config::{AuthMode, EndpointConfig};
+use crate::http::{bearer, refuse};
+
+/// The event name native and Socket.IO members see for a relayed frame.
+pub const RELAY_EVENT: &str = "message";
+
+/// What endpoint members get: a relayed frame as it was sent; any other
+/// publication as the JSON of its `data`. No presence or membership frames.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointProtocol;
+
+impl Protocol for EndpointProtocol {
+    fn encode_publication(&self, p: &Publication) -> Frame {
+        let data = p.data.get();
+        match p.relayed {
+            Relayed::No | Relayed::Json => Frame::text(data.to_owned()),
+            Relayed::Text => Frame::text(serde_json::from_str::<String>(data).unwrap_or_default()),
+            Relayed::Binary => {
+                let text = serde_json::from_str::<String>(data).unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .unwrap_or_default();
+                Frame::Binary(bytes.into())
+            }
+        }
+    }
+
+    fn encode_presence(&self, _: &PresenceEvent) -> Option<Frame> {
+        None
+    }
+
+    fn encode_membership(&self, _: &str, _: bool) -> Option<Frame> {
+        None
+    }
+}
+
+/// The publication a client's frame on a relay endpoint becomes: event
+/// [`RELAY_EVENT`], `data` the JSON text as sent, or a string (the text, or
+/// for a binary frame its bytes in base64).
+pub(crate) fn relayed(room: &str, message: Message) -> Option<Publication> {
+    let (data, relayed) = match message {
+        Message::Text(text) => {
+            let text = text.as_str();
+            let json = serde_json::from_str::<&RawValue>(text).is_ok()
+                && json_depth_within(text.as_bytes(), MAX_JSON_DEPTH);
+            match json.then(|| RawValue::from_string(text.to_owned()).ok()) {
+                Some(Some(raw)) => (raw, Relayed::Json),
+                _ => (serde_json::value::to_raw_value(text).ok()?, Relayed::Text),
+            }
+        }
+        Message::Binary(b) => {
+            let text = base64::engine::general_purpose::STANDARD.encode(&b);
+            (
+                serde_json::value::to_raw_value(&text).ok()?,
+                Relayed::Binary,
+            )
+        }
+        _ => return None,
+    };
+    let mut p = Publication::new(Target::Room(room.to_owned()), RELAY_EVENT, data);
+    p.relayed = relayed;
+    Some(p)
+}
+
+/// The room of a path segment under an endpoint's `room` template.
+pub(crate) fn room_for(template: &str, segment: &str) -> String {
+    template.replace("{room}", segment)
+}
+
+/// One configured endpoint: what its upgrade handler needs.
+pub(crate) struct Endpoint {
+    pub config: EndpointConfig,
+    pub commands: Arc<Commands>,
+    pub protocol: Arc<EndpointProtocol>,
+    pub tasks: TaskTracker,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EndpointQuery {
+    token: Option<String>,
+}
+
+/// `GET <endpoint path>`: takes a place, then upgrades.
+pub(crate) async fn upgrade(
+    State(e): State<Arc<Endpoint>>,
+    Path(segment): Path<String>,
+    Query(q): Query<EndpointQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let room = room_for(&e.config.room, &segment);
+    if let Err(err) =
+        roomcast_core::room::validate_room_name(&room, e.commands.hub.config().max_room_name_bytes)
+    {
+        return refuse(StatusCode::NOT_FOUND, Code::INVALID_ROOM, &err.to_string());
+    }
+    let slot = match e.commands.hub.admit() {
+        Ok(slot) => slot,
+        Err(ConnectError::ShuttingDown) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::SHUTTING_DOWN,
+                "server shutting down",
+            )
+        }
+        Err(_) => {
+            e.commands.metrics.disconnect(Disconnect::SERVER_FULL.code);
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::SERVER_FULL,
+                "server full: try another node or later",
+            );
+        }
+    };
+    let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
+    let c = &e.commands.config;
+    let max_message = c.limits.max_message_bytes;
+    let tasks = e.tasks.clone();
+    ws.read_buffer_size(c.websocket.read_buffer_bytes)
+        .write_buffer_size(c.websocket.write_buffer_bytes)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, room, token, headers)))
+}
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends a close frame with the code (no frame of roomcast's protocol) and
+/// gives the client a moment to answer.
+async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
+    let goodbye = async {
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: d.code,
+                reason: Utf8Bytes::from(d.reason.as_ref()),
+            })))
+            .await?;
+        while let Some(Ok(m)) = socket.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+}
+
+/// Serves one upgraded endpoint connection until it closes.
+async fn serve(
+    e: Arc<Endpoint>,
+    mut socket: WebSocket,
+    slot: Slot,
+    room: String,
+    token: Option<String>,
+    headers: HeaderMap,
+) {
+    let cmd = e.commands.clone();
+    let conn = match cmd
+        .hub
+        .connect_admitted(e.protocol.clone(), None, slot)
+        .await
+    {
+        Ok(c) => c,
+        Err(err) => {
+            let d = match err {
+                ConnectError::ServerFull { .. } => Disconnect::SERVER_FULL,
+                ConnectError::ShuttingDown => Disconnect::SHUTDOWN,
+                ConnectError::Presence(_) => Disconnect::INTERNAL,
+            };
+            cmd.metrics.disconnect(d.code);
+            close_with(&mut socket, &d).await;
+            return;
+        }
+    };
+    let state = Arc::new(ClientState::new(&cmd.access, "endpoint", None, &headers));
+    let client = Client {
+        conn: &conn,
+        state: &state,
+    };
+    let credentials = match token {
+        Some(t) => Some(Credentials::Token(t)),
+        None if cmd.config.auth.mode == AuthMode::Proxy => Some(Credentials::Handshake),
+        None => None,
+    };
+    let refused = match credentials {
+        // An endpoint client cannot authenticate later: it speaks no protocol.
+        None if !cmd.access.anonymous() => {
+            cmd.metrics.auth_failure("missing");
+            Err(Disconnect::AUTH_FAILED)
+        }
+        None => {
+            cmd.access.webhook("connect", &conn, None, None);
+            Ok(Vec::new())
+        }
+        Some(credentials) => {
+            let handshake = Handshake::new(conn.id(), "endpoint", None, &headers);
+            cmd.connect(client, credentials, &handshake).await
+        }
+    };
+    let granted = match refused {
+        Ok(rooms) => rooms,
+        Err(d) => {
+            tracing::info!(code = d.code, reason = %d.reason, "endpoint connection refused at the handshake");
+            cmd.metrics.disconnect(d.code);
+            close_with(&mut socket, &d).await;
+            conn.close().await;
+            return;
+        }
+    };
+    cmd.join_granted(client, &granted).await;
+    if let Err(err) = cmd.join(client, &room, None).await {
+        let d = join_refused(&err);
+        tracing::info!(%room, error = ?err, "endpoint connection refused its room");
+        cmd.metrics.disconnect(d.code);
+        close_with(&mut socket, &d).await;
+        cmd.access
+            .webhook("disconnect", &conn, None, Some("join refused"));
+        conn.close().await;
+        return;
+    }
+    let mut task = Task {
+        cmd: cmd.clone(),
+        conn,
+        state,
+        socket,
+        room,
+        batch: Vec::with_capacity(16),
+    };
+    let reason = task.run().await;
+    let Task {
+        conn, mut socket, ..
+    } = task;
+    let why = match &reason {
+        Some(d) => d.reason.to_string(),
+        None => "client closed".to_owned(),
+    };
+    if let Some(d) = reason {
+        cmd.metrics.disconnect(d.code);
+        close_with(&mut socket, &d).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+    }
+    cmd.access.webhook("disconnect", &conn, None, Some(&why));
+    conn.close().await;
+}
+
+/// The close code for a refused join: 4506, or 4004 when the subscribe proxy
+/// could not be asked.
+fn join_refused(err: &CommandError) -> Disconnect {
+    match err {
+        CommandError::Refused(r) if r.code == Code::BACKEND_UNAVAILABLE.as_str() => {
+            Disconnect::AUTH_UNAVAILABLE
+        }
+        _ => Disconnect::JOIN_REFUSED,
+    }
+}
+
+struct Task {
+    cmd: Arc<Commands>,
+    conn: Connection,
+    state: Arc<ClientState>,
+    socket: WebSocket,
+    room: String,
+    batch: Vec<Frame>,
+}
+
+impl Task {
+    /// Returns the reason to give the client, or `None` if the client went away.
+    async fn run(&mut self) -> Option<Disconnect> {
+        let s = self.cmd.clone();
+        let heartbeat = s.config.heartbeat.interval();
+        let silence = s.config.heartbeat.silence_limit();
+        let mut last_seen = Instant::now();
+        let mut next_ping = Instant::now() + heartbeat;
+        loop {
+            let expiry = self
+                .state
+                .expires_in()
+                .and_then(|d| Instant::now().checked_add(d));
+            tokio::select! {
+                biased;
+                closing = self.conn.outbox().next_batch(&mut self.batch) => {
+                    if !self.batch.is_empty() {
+                        if let Err(d) = self.write_batch(silence).await {
+                            return d;
+                        }
+                    }
+                    if let Some(d) = closing {
+                        return Some(d);
+                    }
+                }
+                msg = self.socket.next() => {
+                    last_seen = Instant::now();
+                    match self.inbound(msg).await {
+                        Ok(()) => {}
+                        Err(d) => return d,
+                    }
+                }
+                _ = sleep_until(next_ping) => {
+                    if last_seen.elapsed() >= silence {
+                        return Some(Disconnect::HEARTBEAT_TIMEOUT);
+                    }
+                    next_ping = Instant::now() + heartbeat;
+                    if self.socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    if self.state.expires_in().is_some_and(|d| d.is_zero()) {
+                        s.metrics.auth_failure("expired");
+                        return Some(Disconnect::TOKEN_EXPIRED);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_batch(&mut self, limit: Duration) -> Result<(), Option<Disconnect>> {
+        let Task {
+            conn,
+            socket,
+            batch,
+            ..
+        } = self;
+        let write = async {
+            for frame in batch.drain(..) {
+                socket.feed(to_message(frame)).await?;
+            }
+            socket.flush().await
+        };
+        tokio::select! {
+            r = tokio::time::timeout(limit, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(None),
+                Err(_) => Err(Some(Disconnect::SLOW)),
+            },
+            _ = overflowed(conn) => Err(Some(Disconnect::SLOW)),
+        }
+    }
+
+    /// A frame from the client: relayed to the room, or the reason to close.
+    async fn inbound(
+        &mut self,
+        msg: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), Option<Disconnect>> {
+        let s = self.cmd.clone();
+        let msg = match msg {
+            None => return Err(None),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("Space limit exceeded")
+                    || text.contains("too long")
+                    || text.contains("too big")
+                {
+                    return Err(Some(Disconnect::MESSAGE_TOO_BIG));
+                }
+                return Err(None);
+            }
+        };
+        match &msg {
+            Message::Text(_) | Message::Binary(_) | Message::Ping(_) => {
+                match s.access.rate(&self.state) {
+                    Rate::Ok => {}
+                    // No error frame exists on an endpoint: the frame is dropped
+                    // and counted; a client that keeps on is closed.
+                    Rate::Refuse => {
+                        s.metrics
+                            .client_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Rate::Close | Rate::Closing => return Err(Some(Disconnect::RATE_LIMITED)),
+                }
+            }
+            Message::Close(_) => return Err(None),
+            Message::Pong(_) => return Ok(()),
+        }
+        let len = match &msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => return Ok(()),
+        };
+        s.metrics.count_in(len);
+        let Some(p) = relayed(&self.room, msg) else {
+            return Ok(());
+        };
+        let client = Client {
+            conn: &self.conn,
+            state: &self.state,
+        };
+        // The rate was checked above; the command layer checks the room's
+        // publish rule and sends it detached, like a native publish without id.
+        if let Err(err) = s.publish(Actor::Client(client), p, false).await {
+            s.metrics
+                .client_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(room = %self.room, error = ?err, "endpoint frame not relayed");
+        }
+        Ok(())
+    }
+}
+
+fn to_message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(b) => Message::Text(Utf8Bytes::try_from(b).unwrap_or_default()),
+        Frame::Binary(b) => Message::Binary(b),
+    }
+}
+
+/// Resolves when the connection's outbox overflowed (a slow consumer).
+async fn overflowed(conn: &Connection) {
+    loop {
+        if conn.outbox().closed().await == Disconnect::SLOW {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}

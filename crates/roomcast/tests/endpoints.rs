@@ -1,0 +1,203 @@
+//! URL-per-room WebSocket endpoints (`[[endpoints]]`) over real sockets:
+//! relay between endpoint, native and API members, unknown paths, join
+//! rules, tokens, oversize frames.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use roomcast::config::EndpointConfig;
+use roomcast_core::room::RoomRule;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A page's `new WebSocket(url)`: frames in, frames out, nothing else.
+struct Page {
+    ws: Ws,
+}
+
+impl Page {
+    async fn open(srv: &TestServer, path: &str) -> Page {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", srv.addr))
+            .await
+            .expect("endpoint upgrade");
+        Page { ws }
+    }
+
+    async fn send(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// The next text or binary frame (pings are answered by the library).
+    async fn next(&mut self) -> Message {
+        loop {
+            let m = tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .expect("a frame within the step timeout")
+                .expect("connection open")
+                .expect("no websocket error");
+            match m {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                m => return m,
+            }
+        }
+    }
+
+    async fn text(&mut self) -> String {
+        match self.next().await {
+            Message::Text(t) => t.as_str().to_owned(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The close code the server sent.
+    async fn close_code(mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("websocket error before the close: {e}"),
+            }
+        }
+    }
+}
+
+fn chat_config() -> roomcast::Config {
+    let mut c = config();
+    c.endpoints = vec![
+        EndpointConfig {
+            room: "chat_{room}".into(),
+            ..EndpointConfig::relay("/ws/chat/{room}/")
+        },
+        EndpointConfig::relay("/room/{room}/"),
+    ];
+    c
+}
+
+#[tokio::test]
+async fn frames_are_relayed_unchanged_to_endpoint_members_and_as_events_to_native_ones() {
+    let srv = start(chat_config()).await;
+    let mut a = Page::open(&srv, "/ws/chat/lobby/").await;
+    let mut b = Page::open(&srv, "/ws/chat/lobby/").await;
+    let mut native = srv.client().await;
+    native.welcome().await;
+    native.join("chat_lobby").await;
+    // Both pages are members before anything is sent.
+    let (_, p) = srv.get("/api/presence/chat_lobby").await;
+    assert_eq!(p["connections"], 3, "{p}");
+
+    // The tutorial's frame, with its spacing: both pages (the sender too) get it as sent.
+    let frame = r#"{"message": "hi there"}"#;
+    a.send(Message::text(frame)).await;
+    assert_eq!(a.text().await, frame);
+    assert_eq!(b.text().await, frame);
+    let m = native.recv_type("message").await;
+    assert_eq!(m["room"], "chat_lobby");
+    assert_eq!(m["event"], roomcast::RELAY_EVENT);
+    assert_eq!(m["data"], json!({"message": "hi there"}));
+
+    // Plain text is not JSON: native members get the string.
+    b.send(Message::text("hello")).await;
+    assert_eq!(a.text().await, "hello");
+    assert_eq!(b.text().await, "hello");
+    assert_eq!(native.recv_type("message").await["data"], "hello");
+
+    // A JSON string literal stays a literal for the pages.
+    a.send(Message::text(r#""quoted""#)).await;
+    assert_eq!(b.text().await, r#""quoted""#);
+    assert_eq!(native.recv_type("message").await["data"], "quoted");
+
+    // Binary frames come back as the same bytes.
+    a.send(Message::binary(vec![0u8, 1, 254, 255])).await;
+    assert_eq!(b.next().await, Message::binary(vec![0u8, 1, 254, 255]));
+    assert_eq!(native.recv_type("message").await["data"], "AAH+/w==");
+
+    // A publication from the API or a native client reaches pages as the JSON of its data.
+    let (status, _) = srv
+        .post(
+            "/api/publish",
+            json!({"room": "chat_lobby", "event": "chat.message", "data": {"message": "from django"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let got: Value = serde_json::from_str(&b.text().await).unwrap();
+    assert_eq!(got, json!({"message": "from django"}));
+    let ack = native
+        .request(json!({"type": "publish", "room": "chat_lobby", "event": "x", "data": [1, 2]}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // Page a did not read since "hello": the rest is queued for it, in order.
+    assert_eq!(a.text().await, r#""quoted""#);
+    assert_eq!(a.next().await, Message::binary(vec![0u8, 1, 254, 255]));
+    assert_eq!(a.text().await, r#"{"message":"from django"}"#);
+    assert_eq!(a.text().await, "[1,2]");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_other_endpoint_uses_the_segment_as_the_room_and_unknown_paths_are_404() {
+    let srv = start(chat_config()).await;
+    let mut p = Page::open(&srv, "/room/123/").await;
+    let mut native = srv.client().await;
+    native.welcome().await;
+    native.join("123").await;
+    native
+        .request(json!({"type": "publish", "room": "123", "event": "e", "data": "to the page"}))
+        .await;
+    assert_eq!(p.text().await, r#""to the page""#);
+
+    for path in ["/room/", "/room/1/2/", "/ws/chat/lobby", "/nothing/here/"] {
+        let r = Client::try_connect(srv.addr, path, &[]).await;
+        assert_eq!(r.err().map(|e| e.0), Some(404), "{path}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_join_closes_with_4506_and_a_missing_token_with_4502() {
+    let mut c = chat_config();
+    c.rooms = serde_json::from_value::<Vec<RoomRule>>(json!([
+        {"pattern": "chat_staff", "join": "none"}
+    ]))
+    .unwrap();
+    let srv = start(c).await;
+    let staff = Page::open(&srv, "/ws/chat/staff/").await;
+    assert_eq!(staff.close_code().await, 4506);
+    srv.stop().await;
+
+    // Token mode: an endpoint client cannot authenticate after the upgrade.
+    let mut c = chat_config();
+    c.auth.mode = roomcast::config::AuthMode::Token;
+    c.auth.jwt.secret = "endpoint-test-secret".into();
+    let srv = start(c).await;
+    let anonymous = Page::open(&srv, "/ws/chat/lobby/").await;
+    assert_eq!(anonymous.close_code().await, 4502);
+    let bad = Page::open(&srv, "/ws/chat/lobby/?token=not-a-jwt").await;
+    assert_eq!(bad.close_code().await, 4502);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversize_frame_closes_only_its_sender() {
+    let mut c = chat_config();
+    c.limits.max_message_bytes = 1024;
+    let srv = start(c).await;
+    let mut big = Page::open(&srv, "/room/r/").await;
+    let mut other = Page::open(&srv, "/room/r/").await;
+    big.send(Message::text("x".repeat(4096))).await;
+    assert_eq!(big.close_code().await, u16::from(CloseCode::Size));
+    other.send(Message::text("still here")).await;
+    assert_eq!(other.text().await, "still here");
+    let (_, p) = srv.get("/api/presence/r").await;
+    assert_eq!(p["connections"], 1, "{p}");
+    srv.stop().await;
+}
