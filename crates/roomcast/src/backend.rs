@@ -543,11 +543,12 @@ impl Backend {
         caller: &Caller<'_>,
         session: &Map<String, Value>,
         rooms: &[String],
+        room: Option<&str>,
         event: &str,
         data: Value,
     ) -> Option<Result<RpcAnswer, CallError>> {
         let url = self.rpc_url(event)?;
-        let body = json!({
+        let mut body = json!({
             "event": event,
             "data": data,
             "conn": caller.conn.to_string(),
@@ -557,6 +558,10 @@ impl Backend {
             "transport": caller.transport,
             "namespace": caller.namespace,
         });
+        if let Some(room) = room {
+            // A frame of a URL-per-room endpoint in rpc mode: the room of its path.
+            body["room"] = room.into();
+        }
         Some(
             self.call(CallKind::Rpc, url, caller.forwarded, &body)
                 .await

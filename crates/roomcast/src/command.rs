@@ -333,6 +333,7 @@ impl Commands {
         c: Client<'_>,
         event: &str,
         data: Value,
+        room: Option<&str>,
     ) -> Result<Value, CommandError> {
         self.access.may_act(c.conn)?;
         let Some(backend) = self.backend.as_ref().filter(|b| b.handles_events()) else {
@@ -352,7 +353,14 @@ impl Commands {
         let user = c.conn.user();
         let caller = c.state.caller(c.conn, user.as_deref());
         let answer = backend
-            .rpc(&caller, &c.conn.session(), &c.conn.rooms(), event, data)
+            .rpc(
+                &caller,
+                &c.conn.session(),
+                &c.conn.rooms(),
+                room,
+                event,
+                data,
+            )
             .await
             .ok_or_else(|| {
                 Refusal::new(

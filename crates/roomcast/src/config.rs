@@ -118,6 +118,10 @@ pub enum EndpointMode {
     /// Every frame goes to every member of the room, the sender included.
     #[default]
     Relay,
+    /// Every frame goes to the event proxy (`proxy.rpc_url` or
+    /// `proxy.rpc_routes`) as event `message` with the room; the answer's
+    /// result goes back to the sender and its actions run.
+    Rpc,
 }
 
 /// `[history]`: what rooms keep for clients that reconnect (see `docs/recovery.md`).
@@ -899,6 +903,14 @@ impl Config {
             e.validate(i)?;
             if self.endpoints[..i].iter().any(|o| o.path == e.path) {
                 return Err(format!("endpoints[{i}].path {:?} is listed twice", e.path));
+            }
+            if e.mode == EndpointMode::Rpc
+                && self.proxy.rpc_url.is_empty()
+                && self.proxy.rpc_routes.is_empty()
+            {
+                return Err(format!(
+                    "endpoints[{i}].mode = \"rpc\" needs an event proxy: proxy.rpc_url or proxy.rpc_routes"
+                ));
             }
             if e.path == "/ws" || e.path == "/" || e.path.starts_with("/api/") {
                 return Err(format!(

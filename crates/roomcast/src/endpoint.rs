@@ -1,7 +1,8 @@
 //! URL-per-room WebSocket endpoints (`[[endpoints]]`), for pages written for
 //! Django Channels: `new WebSocket("ws://host/ws/chat/lobby/")`. The path names
-//! the room; the connection joins it on connect, and in relay mode every frame
-//! it sends goes to every member of the room, the sender included. Endpoint
+//! the room; the connection joins it on connect. In relay mode every frame it
+//! sends goes to every member of the room, the sender included; in rpc mode it
+//! goes to the event proxy, whose result comes back to the sender. Endpoint
 //! clients speak no protocol of roomcast's: they get the frames of the room,
 //! WebSocket pings, and a close code. Everything else (authentication, the
 //! origin check, limits, join rules, presence, webhooks) is the same as for
@@ -18,6 +19,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
@@ -32,7 +34,7 @@ use crate::access::{ClientState, Rate};
 use crate::auth::{Credentials, Handshake};
 use crate::codes::Code;
 use crate::command::{Actor, Client, CommandError, Commands};
-use crate::config::{AuthMode, EndpointConfig};
+use crate::config::{AuthMode, EndpointConfig, EndpointMode};
 use crate::http::{bearer, refuse};
 
 /// The event name native and Socket.IO members see for a relayed frame.
@@ -259,6 +261,7 @@ async fn serve(
         state,
         socket,
         room,
+        mode: e.config.mode,
         batch: Vec::with_capacity(16),
     };
     let reason = task.run().await;
@@ -296,6 +299,7 @@ struct Task {
     state: Arc<ClientState>,
     socket: WebSocket,
     room: String,
+    mode: EndpointMode,
     batch: Vec<Frame>,
 }
 
@@ -424,13 +428,35 @@ impl Task {
             conn: &self.conn,
             state: &self.state,
         };
-        // The rate was checked above; the command layer checks the room's
-        // publish rule and sends it detached, like a native publish without id.
-        if let Err(err) = s.publish(Actor::Client(client), p, false).await {
-            s.metrics
-                .client_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(room = %self.room, error = ?err, "endpoint frame not relayed");
+        match self.mode {
+            // The command layer checks the room's publish rule and sends it
+            // detached, like a native publish without id.
+            EndpointMode::Relay => {
+                if let Err(err) = s.publish(Actor::Client(client), p, false).await {
+                    s.metrics
+                        .client_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(room = %self.room, error = ?err, "endpoint frame not relayed");
+                }
+            }
+            EndpointMode::Rpc => {
+                let data = serde_json::from_str(p.data.get()).unwrap_or_default();
+                match s.rpc(client, RELAY_EVENT, data, Some(&self.room)).await {
+                    Ok(Value::Null) => {}
+                    Ok(Value::String(text)) => {
+                        let _ = self.conn.send_frame(Frame::text(text));
+                    }
+                    Ok(result) => {
+                        let _ = self.conn.send_frame(Frame::text(result.to_string()));
+                    }
+                    Err(err) => {
+                        s.metrics
+                            .client_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(room = %self.room, error = ?err, "endpoint frame refused by the event proxy");
+                    }
+                }
+            }
         }
         Ok(())
     }

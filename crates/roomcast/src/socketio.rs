@@ -245,7 +245,7 @@ impl Rules {
                 ),
             );
         }
-        match self.cmd.rpc(c, event, payload.first().clone()).await {
+        match self.cmd.rpc(c, event, payload.first().clone(), None).await {
             Ok(result) => Payload::json(&result),
             Err(e) => refused(e.into()),
         }

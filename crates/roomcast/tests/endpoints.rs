@@ -201,3 +201,60 @@ async fn an_oversize_frame_closes_only_its_sender() {
     assert_eq!(p["connections"], 1, "{p}");
     srv.stop().await;
 }
+
+/// The backend of a consumer in rpc mode: answers `hello` with plain text,
+/// anything else with a JSON result and a publication to the room.
+fn consumer(c: &support::backend::Call) -> support::backend::Answer {
+    let data = &c.body["data"];
+    if data == "hello" {
+        return support::backend::Answer::ok(json!({"result": "hello yourself"}));
+    }
+    support::backend::Answer::ok(json!({
+        "result": {"saved": data["message"]},
+        "actions": [{"type": "publish", "room": c.body["room"], "event": "chat.message", "data": {"message": data["message"]}}],
+    }))
+}
+
+#[tokio::test]
+async fn rpc_mode_hands_frames_to_the_event_proxy_and_answers_the_sender() {
+    let mut backend = support::backend::Backend::start(consumer).await;
+    let mut c = config();
+    c.proxy.rpc_url = backend.url("rpc");
+    c.proxy.secret = "endpoint-rpc-secret".into();
+    c.endpoints = vec![EndpointConfig {
+        room: "chat_{room}".into(),
+        mode: roomcast::config::EndpointMode::Rpc,
+        ..EndpointConfig::relay("/ws/chat/{room}/")
+    }];
+    let srv = start(c).await;
+    let mut a = Page::open(&srv, "/ws/chat/lobby/").await;
+    let mut b = Page::open(&srv, "/ws/chat/lobby/").await;
+
+    a.send(Message::text("hello")).await;
+    assert_eq!(a.text().await, "hello yourself");
+    let call = backend.next("rpc").await;
+    assert_eq!(call.body["event"], roomcast::RELAY_EVENT);
+    assert_eq!(call.body["room"], "chat_lobby");
+    assert_eq!(call.body["transport"], "endpoint");
+    assert_eq!(call.body["rooms"], json!(["chat_lobby"]));
+
+    // The backend decides what is relayed: here, a publication to the room.
+    // Its actions run before its result is sent, as for a native rpc.
+    a.send(Message::text(r#"{"message": "saved?"}"#)).await;
+    assert_eq!(a.text().await, r#"{"message":"saved?"}"#);
+    assert_eq!(a.text().await, r#"{"saved":"saved?"}"#);
+    assert_eq!(b.text().await, r#"{"message":"saved?"}"#);
+    srv.stop().await;
+}
+
+#[test]
+fn rpc_mode_without_an_event_proxy_is_a_configuration_error() {
+    let mut c = config();
+    c.endpoints = vec![EndpointConfig {
+        mode: roomcast::config::EndpointMode::Rpc,
+        ..EndpointConfig::relay("/room/{room}/")
+    }];
+    assert!(c.validate().unwrap_err().contains("proxy.rpc_url"));
+    c.endpoints = vec![EndpointConfig::relay("/room/{room}/x{y}")];
+    assert!(c.validate().unwrap_err().contains("endpoints[0].path"));
+}

@@ -505,7 +505,7 @@ impl Task {
                 json!({ "user": c.conn.user().as_deref(), "expires_at": expires_at })
             }
             ClientCommand::Rpc { event, data } => {
-                json!({ "result": cmd.rpc(c, &event, data).await? })
+                json!({ "result": cmd.rpc(c, &event, data, None).await? })
             }
             ClientCommand::Join { room, since } => {
                 // Answered by `join` itself, before any replay.
