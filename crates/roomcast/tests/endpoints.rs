@@ -258,3 +258,66 @@ fn rpc_mode_without_an_event_proxy_is_a_configuration_error() {
     c.endpoints = vec![EndpointConfig::relay("/room/{room}/x{y}")];
     assert!(c.validate().unwrap_err().contains("endpoints[0].path"));
 }
+
+/// Waits for the node's Redis subscriber, as its metrics report it.
+async fn wait_connected(s: &TestServer) {
+    for _ in 0..200 {
+        if s.metric("roomcast_redis_connected").await == 1.0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("node never connected to redis");
+}
+
+#[tokio::test]
+async fn relayed_frames_cross_nodes_on_redis_unchanged() {
+    let redis = roomcast_redis::testing::RedisServer::start();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut c = chat_config();
+        c.broker.url = redis.url();
+        let srv = start(c).await;
+        wait_connected(&srv).await;
+        nodes.push(srv);
+    }
+    // A native member on each node joins first: its ack comes once the node
+    // is subscribed to the room.
+    let mut native_a = nodes[0].client().await;
+    native_a.welcome().await;
+    native_a.join("chat_lobby").await;
+    let mut native_b = nodes[1].client().await;
+    native_b.welcome().await;
+    native_b.join("chat_lobby").await;
+
+    // A page sends only once it is in its room: its first frame reaching
+    // node 0 shows it is a member.
+    let mut page_b = Page::open(&nodes[1], "/ws/chat/lobby/").await;
+    page_b.send(Message::text("from b")).await;
+    assert_eq!(native_a.recv_type("message").await["data"], "from b");
+    assert_eq!(page_b.text().await, "from b");
+
+    let mut page_a = Page::open(&nodes[0], "/ws/chat/lobby/").await;
+    let frame = r#"{"message":  "across"}"#;
+    page_a.send(Message::text(frame)).await;
+    assert_eq!(page_b.text().await, frame);
+    assert_eq!(page_a.text().await, frame);
+    assert_eq!(native_b.recv_type("message").await["data"], "from b");
+    assert_eq!(
+        native_b.recv_type("message").await["data"],
+        json!({"message": "across"})
+    );
+    page_a.send(Message::text(r#""lit""#)).await;
+    assert_eq!(page_b.text().await, r#""lit""#);
+    page_a.send(Message::binary(vec![7u8, 0, 7])).await;
+    assert_eq!(page_b.next().await, Message::binary(vec![7u8, 0, 7]));
+    assert_eq!(
+        native_a.recv_type("message").await["data"],
+        json!({"message": "across"})
+    );
+    assert_eq!(native_a.recv_type("message").await["data"], "lit");
+    assert_eq!(native_a.recv_type("message").await["data"], "BwAH");
+    for n in nodes {
+        n.stop().await;
+    }
+}
