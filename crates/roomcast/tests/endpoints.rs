@@ -10,6 +10,9 @@ use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../../roomcast-socketio/tests/support/mod.rs"]
+mod sio;
+
 use roomcast::config::EndpointConfig;
 use roomcast_core::room::RoomRule;
 
@@ -24,6 +27,23 @@ struct Page {
 impl Page {
     async fn open(srv: &TestServer, path: &str) -> Page {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", srv.addr))
+            .await
+            .expect("endpoint upgrade");
+        Page { ws }
+    }
+
+    async fn open_with(srv: &TestServer, path: &str, headers: &[(&str, &str)]) -> Page {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}{path}", srv.addr)
+            .into_client_request()
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
             .expect("endpoint upgrade");
         Page { ws }
@@ -320,4 +340,62 @@ async fn relayed_frames_cross_nodes_on_redis_unchanged() {
     for n in nodes {
         n.stop().await;
     }
+}
+
+/// The connect proxy knows the Django session by its cookie.
+fn django_sessions(c: &support::backend::Call) -> support::backend::Answer {
+    let cookie = c.header("cookie").unwrap_or_default();
+    if cookie.contains("sessionid=alice") {
+        support::backend::Answer::ok(json!({"user": "42"}))
+    } else {
+        support::backend::Answer::ok(json!({"error": {"code": "login", "message": "log in first"}}))
+    }
+}
+
+#[tokio::test]
+async fn in_proxy_mode_the_django_session_user_is_the_endpoint_user() {
+    let mut backend = support::backend::Backend::start(django_sessions).await;
+    let mut c = chat_config();
+    c.auth.mode = roomcast::config::AuthMode::Proxy;
+    c.proxy.connect_url = backend.url("connect");
+    c.proxy.secret = "endpoint-proxy-secret".into();
+    let srv = start(c).await;
+    let mut alice =
+        Page::open_with(&srv, "/ws/chat/lobby/", &[("cookie", "sessionid=alice")]).await;
+    let call = backend.next("connect").await;
+    assert_eq!(call.body["transport"], "endpoint");
+    assert_eq!(call.header("cookie"), Some("sessionid=alice"));
+    alice.send(Message::text("in")).await;
+    assert_eq!(alice.text().await, "in");
+    let (_, p) = srv.get("/api/presence/chat_lobby").await;
+    assert_eq!(p["users"][0]["user"], "42", "{p}");
+
+    let stranger = Page::open_with(&srv, "/ws/chat/lobby/", &[("cookie", "sessionid=bob")]).await;
+    assert_eq!(stranger.close_code().await, 4502);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn socketio_members_get_relayed_frames_as_message_events() {
+    let mut c = chat_config();
+    c.socketio.builtin_events = true;
+    let srv = start(c).await;
+    let (mut s, _) = sio::Sio::connect(srv.addr, "/", json!({})).await;
+    s.send(r#"421["roomcast:join",{"room":"chat_lobby"}]"#)
+        .await;
+    assert_eq!(
+        s.recv_sio().await,
+        r#"31[{"joined":true,"room":"chat_lobby"}]"#
+    );
+    let mut page = Page::open(&srv, "/ws/chat/lobby/").await;
+    page.send(Message::text(r#"{"message":"to socket.io"}"#))
+        .await;
+    assert_eq!(page.text().await, r#"{"message":"to socket.io"}"#);
+    assert_eq!(
+        s.event().await,
+        ("message".to_owned(), json!({"message": "to socket.io"}))
+    );
+    page.send(Message::text("plain")).await;
+    assert_eq!(s.event().await, ("message".to_owned(), json!("plain")));
+    srv.stop().await;
 }
