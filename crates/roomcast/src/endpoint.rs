@@ -24,7 +24,6 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
 use roomcast_core::admission::Slot;
-use roomcast_core::error::ConnectError;
 use roomcast_core::{
     json_depth_within, Connection, Disconnect, Frame, PresenceEvent, Protocol, Publication,
     Relayed, Target, MAX_JSON_DEPTH,
@@ -130,32 +129,14 @@ pub(crate) async fn upgrade(
     {
         return refuse(StatusCode::NOT_FOUND, Code::INVALID_ROOM, &err.to_string());
     }
-    let slot = match e.commands.hub.admit() {
+    // The place is taken before the upgrade, so the answer is exact.
+    let slot = match crate::wsio::admit(&e.commands) {
         Ok(slot) => slot,
-        Err(ConnectError::ShuttingDown) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::SHUTTING_DOWN,
-                "server shutting down",
-            )
-        }
-        Err(_) => {
-            e.commands.metrics.disconnect(Disconnect::SERVER_FULL.code);
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::SERVER_FULL,
-                "server full: try another node or later",
-            );
-        }
+        Err(refused) => return *refused,
     };
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
-    let c = &e.commands.config;
-    let max_message = c.limits.max_message_bytes;
     let tasks = e.tasks.clone();
-    ws.read_buffer_size(c.websocket.read_buffer_bytes)
-        .write_buffer_size(c.websocket.write_buffer_bytes)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
+    crate::wsio::configure(ws, &e.commands)
         .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, room, token, headers)))
 }
 
@@ -199,11 +180,7 @@ async fn serve(
     {
         Ok(c) => c,
         Err(err) => {
-            let d = match err {
-                ConnectError::ServerFull { .. } => Disconnect::SERVER_FULL,
-                ConnectError::ShuttingDown => Disconnect::SHUTDOWN,
-                ConnectError::Presence(_) => Disconnect::INTERNAL,
-            };
+            let d = crate::wsio::connect_failed(&err);
             cmd.metrics.disconnect(d.code);
             close_with(&mut socket, &d).await;
             return;
@@ -355,26 +332,7 @@ impl Task {
     }
 
     async fn write_batch(&mut self, limit: Duration) -> Result<(), Option<Disconnect>> {
-        let Task {
-            conn,
-            socket,
-            batch,
-            ..
-        } = self;
-        let write = async {
-            for frame in batch.drain(..) {
-                socket.feed(to_message(frame)).await?;
-            }
-            socket.flush().await
-        };
-        tokio::select! {
-            r = tokio::time::timeout(limit, write) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(Disconnect::SLOW)),
-            },
-            _ = overflowed(conn) => Err(Some(Disconnect::SLOW)),
-        }
+        crate::wsio::write_batch(&self.conn, &mut self.socket, &mut self.batch, limit).await
     }
 
     /// A frame from the client: relayed to the room, or the reason to close.
@@ -386,16 +344,7 @@ impl Task {
         let msg = match msg {
             None => return Err(None),
             Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("Space limit exceeded")
-                    || text.contains("too long")
-                    || text.contains("too big")
-                {
-                    return Err(Some(Disconnect::MESSAGE_TOO_BIG));
-                }
-                return Err(None);
-            }
+            Some(Err(e)) => return Err(crate::wsio::read_error(&e)),
         };
         match &msg {
             Message::Text(_) | Message::Binary(_) | Message::Ping(_) => {
@@ -459,22 +408,5 @@ impl Task {
             }
         }
         Ok(())
-    }
-}
-
-fn to_message(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(b) => Message::Text(Utf8Bytes::try_from(b).unwrap_or_default()),
-        Frame::Binary(b) => Message::Binary(b),
-    }
-}
-
-/// Resolves when the connection's outbox overflowed (a slow consumer).
-async fn overflowed(conn: &Connection) {
-    loop {
-        if conn.outbox().closed().await == Disconnect::SLOW {
-            return;
-        }
-        std::future::pending::<()>().await;
     }
 }

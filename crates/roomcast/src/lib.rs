@@ -16,6 +16,8 @@
 //! - [`backend`]: the backend over HTTP: connect, subscribe and event proxies, webhooks.
 //! - `access/`: what a client may do (room rules, client send/broadcast,
 //!   rate limit, the per-user cap); `access/client.rs` is its per-connection state.
+//! - `wsio.rs`: WebSocket plumbing the native and URL-per-room endpoints share
+//!   (admission before the upgrade, limits, batched writes, read errors).
 //! - `command.rs`: the command layer. Every client command and the API's
 //!   publish and presence go through it: checked once, executed once.
 //! - Front ends, which decode into the command layer and encode its results:
@@ -79,6 +81,7 @@ pub mod metrics;
 pub mod native;
 mod server;
 mod socketio;
+mod wsio;
 
 pub use api::ApiError;
 pub use config::Config;

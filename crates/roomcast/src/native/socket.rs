@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -16,7 +16,6 @@ use serde_json::json;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
-use roomcast_core::error::ConnectError;
 use roomcast_core::history::Since;
 use roomcast_core::{Connection, Disconnect, Frame, Publication, Recovery, Target};
 
@@ -25,7 +24,7 @@ use crate::auth::{Credentials, Handshake};
 use crate::codes::{Code, Refusal};
 use crate::command::{Actor, Bound, Client, Commands};
 use crate::config::AuthMode;
-use crate::http::{bearer, refuse};
+use crate::http::bearer;
 
 use super::{ClientCommand, NativeProtocol, Request};
 
@@ -50,51 +49,26 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     // The place is taken before the upgrade, so the answer is exact.
-    let slot = match e.commands.hub.admit() {
+    let slot = match crate::wsio::admit(&e.commands) {
         Ok(slot) => slot,
-        Err(ConnectError::ShuttingDown) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::SHUTTING_DOWN,
-                "server shutting down",
-            )
-        }
-        Err(_) => {
-            e.commands.metrics.disconnect(Disconnect::SERVER_FULL.code);
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::SERVER_FULL,
-                "server full: try another node or later",
-            );
-        }
+        Err(refused) => return *refused,
     };
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
-    let c = &e.commands.config;
-    let max_message = c.limits.max_message_bytes;
     let tasks = e.tasks.clone();
-    ws.read_buffer_size(c.websocket.read_buffer_bytes)
-        .write_buffer_size(c.websocket.write_buffer_bytes)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
+    crate::wsio::configure(ws, &e.commands)
         .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, token, headers)))
 }
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-fn to_message(frame: Frame) -> Message {
-    match frame {
-        // Text frames are built from `String`s, so this never falls back.
-        Frame::Text(b) => Message::Text(Utf8Bytes::try_from(b).unwrap_or_default()),
-        Frame::Binary(b) => Message::Binary(b),
-    }
-}
-
 /// Sends the `disconnect` frame and a close frame with the same code, then
 /// gives the client a moment to answer.
 async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
     let goodbye = async {
-        socket.feed(to_message(super::encode_disconnect(d))).await?;
+        socket
+            .feed(crate::wsio::to_message(super::encode_disconnect(d)))
+            .await?;
         socket
             .send(Message::Close(Some(CloseFrame {
                 code: d.code,
@@ -128,11 +102,7 @@ async fn serve(
     {
         Ok(c) => c,
         Err(err) => {
-            let d = match err {
-                ConnectError::ServerFull { .. } => Disconnect::SERVER_FULL,
-                ConnectError::ShuttingDown => Disconnect::SHUTDOWN,
-                ConnectError::Presence(_) => Disconnect::INTERNAL,
-            };
+            let d = crate::wsio::connect_failed(&err);
             cmd.metrics.disconnect(d.code);
             close_with(&mut socket, &d).await;
             return;
@@ -292,26 +262,7 @@ impl Task {
     /// Writes the batch with one flush. Gives up when the client cannot take it:
     /// its queue overflowed meanwhile, or the write took longer than `limit`.
     async fn write_batch(&mut self, limit: Duration) -> Result<(), Option<Disconnect>> {
-        let Task {
-            conn,
-            socket,
-            batch,
-            ..
-        } = self;
-        let write = async {
-            for frame in batch.drain(..) {
-                socket.feed(to_message(frame)).await?;
-            }
-            socket.flush().await
-        };
-        tokio::select! {
-            r = tokio::time::timeout(limit, write) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(Disconnect::SLOW)),
-            },
-            _ = overflowed(conn) => Err(Some(Disconnect::SLOW)),
-        }
+        crate::wsio::write_batch(&self.conn, &mut self.socket, &mut self.batch, limit).await
     }
 
     async fn inbound(&mut self, msg: Option<Result<Message, axum::Error>>) -> Inbound {
@@ -320,15 +271,10 @@ impl Task {
             None => return Inbound::ClientClosed,
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                let text = e.to_string();
-                // tungstenite reports an oversize message or frame as a capacity error.
-                if text.contains("Space limit exceeded")
-                    || text.contains("too long")
-                    || text.contains("too big")
-                {
-                    return Inbound::Close(Disconnect::MESSAGE_TOO_BIG);
+                return match crate::wsio::read_error(&e) {
+                    Some(d) => Inbound::Close(d),
+                    None => Inbound::ClientClosed,
                 }
-                return Inbound::ClientClosed;
             }
         };
         // Every frame a client chooses to send counts: text, binary and pings
@@ -542,16 +488,5 @@ impl Task {
             }
             ClientCommand::Ping => return Ok(Reply::Pong),
         }))
-    }
-}
-
-/// Resolves when the connection's queue overflowed (it is being closed as slow).
-async fn overflowed(conn: &Connection) {
-    loop {
-        if conn.outbox().closed().await == Disconnect::SLOW {
-            return;
-        }
-        // Closed for another reason: the queued frames still go out.
-        std::future::pending::<()>().await;
     }
 }

@@ -10,6 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use roomcast_core::room::{RoomRule, RoomRules};
+
+mod endpoint;
+
+pub use endpoint::{EndpointConfig, EndpointMode};
 use roomcast_core::HubConfig;
 
 /// The whole server configuration.
@@ -47,81 +51,6 @@ pub struct Config {
     /// URL-per-room WebSocket endpoints (`[[endpoints]]`), for pages written
     /// for Django Channels; see `docs/channels.md`.
     pub endpoints: Vec<EndpointConfig>,
-}
-
-/// `[[endpoints]]`: a WebSocket path with the room in it (`/ws/chat/{room}/`).
-/// A connection joins its room on connect; every frame it sends goes to the
-/// room's members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointConfig {
-    /// The path; `{room}` captures one whole path segment.
-    pub path: String,
-    /// The hub room a connection joins, with `{room}` replaced by the
-    /// captured segment. Default: `"{room}"`.
-    #[serde(default = "room_placeholder")]
-    pub room: String,
-    /// What happens to client frames. Default: `relay`.
-    #[serde(default)]
-    pub mode: EndpointMode,
-}
-
-fn room_placeholder() -> String {
-    "{room}".to_owned()
-}
-
-impl EndpointConfig {
-    /// An endpoint at `path` in relay mode, joining the room `{room}`.
-    pub fn relay(path: &str) -> EndpointConfig {
-        EndpointConfig {
-            path: path.to_owned(),
-            room: room_placeholder(),
-            mode: EndpointMode::Relay,
-        }
-    }
-
-    fn validate(&self, i: usize) -> Result<(), String> {
-        let key = format!("endpoints[{i}]");
-        if !self.path.starts_with('/') {
-            return Err(format!(
-                "{key}.path must start with '/', got {:?}",
-                self.path
-            ));
-        }
-        let captures = self
-            .path
-            .split('/')
-            .filter(|seg| seg.contains('{') || seg.contains('}'))
-            .collect::<Vec<_>>();
-        if captures != ["{room}"] {
-            return Err(format!(
-                "{key}.path must hold {{room}} once, as a whole path segment (\"/ws/chat/{{room}}/\"), got {:?}",
-                self.path
-            ));
-        }
-        if self.room.matches("{room}").count() > 1
-            || self.room.replace("{room}", "").contains(['{', '}'])
-        {
-            return Err(format!(
-                "{key}.room may hold {{room}} once and no other braces, got {:?}",
-                self.room
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What an endpoint does with the frames its clients send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndpointMode {
-    /// Every frame goes to every member of the room, the sender included.
-    #[default]
-    Relay,
-    /// Every frame goes to the event proxy (`proxy.rpc_url` or
-    /// `proxy.rpc_routes`) as event `message` with the room; the answer's
-    /// result goes back to the sender and its actions run.
-    Rpc,
 }
 
 /// `[history]`: what rooms keep for clients that reconnect (see `docs/recovery.md`).

@@ -1,0 +1,112 @@
+//! WebSocket plumbing shared by the native endpoint (`/ws`) and the
+//! URL-per-room endpoints: taking a place before the upgrade, the upgrade's
+//! buffer and size limits, batched writes that give up on a slow consumer, and
+//! what a read error means.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures_util::SinkExt;
+
+use roomcast_core::admission::Slot;
+use roomcast_core::error::ConnectError;
+use roomcast_core::{Connection, Disconnect, Frame};
+
+use crate::codes::Code;
+use crate::command::Commands;
+use crate::http::refuse;
+
+/// Takes a place for a WebSocket before its upgrade, so that a full or
+/// draining server answers with an exact HTTP 503.
+pub(crate) fn admit(commands: &Commands) -> Result<Slot, Box<Response>> {
+    match commands.hub.admit() {
+        Ok(slot) => Ok(slot),
+        Err(ConnectError::ShuttingDown) => Err(Box::new(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::SHUTTING_DOWN,
+            "server shutting down",
+        ))),
+        Err(_) => {
+            commands.metrics.disconnect(Disconnect::SERVER_FULL.code);
+            Err(Box::new(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::SERVER_FULL,
+                "server full: try another node or later",
+            )))
+        }
+    }
+}
+
+/// The upgrade with the configured buffers and message size limit.
+pub(crate) fn configure(ws: WebSocketUpgrade, commands: &Commands) -> WebSocketUpgrade {
+    let c = &commands.config;
+    let max_message = c.limits.max_message_bytes;
+    ws.read_buffer_size(c.websocket.read_buffer_bytes)
+        .write_buffer_size(c.websocket.write_buffer_bytes)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+}
+
+/// The close code for a connection the hub could not open.
+pub(crate) fn connect_failed(err: &ConnectError) -> Disconnect {
+    match err {
+        ConnectError::ServerFull { .. } => Disconnect::SERVER_FULL,
+        ConnectError::ShuttingDown => Disconnect::SHUTDOWN,
+        ConnectError::Presence(_) => Disconnect::INTERNAL,
+    }
+}
+
+/// What a read error means: an oversize message or frame is closed with
+/// 1009 (tungstenite reports it as a capacity error); anything else is a
+/// client gone away.
+pub(crate) fn read_error(e: &axum::Error) -> Option<Disconnect> {
+    let text = e.to_string();
+    (text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big"))
+        .then_some(Disconnect::MESSAGE_TOO_BIG)
+}
+
+pub(crate) fn to_message(frame: Frame) -> Message {
+    match frame {
+        // Text frames are built from `String`s, so this never falls back.
+        Frame::Text(b) => Message::Text(Utf8Bytes::try_from(b).unwrap_or_default()),
+        Frame::Binary(b) => Message::Binary(b),
+    }
+}
+
+/// Writes the batch with one flush. Gives up when the client cannot take it:
+/// its queue overflowed meanwhile, or the write took longer than `limit`.
+pub(crate) async fn write_batch(
+    conn: &Connection,
+    socket: &mut WebSocket,
+    batch: &mut Vec<Frame>,
+    limit: Duration,
+) -> Result<(), Option<Disconnect>> {
+    let write = async {
+        for frame in batch.drain(..) {
+            socket.feed(to_message(frame)).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = tokio::time::timeout(limit, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(Disconnect::SLOW)),
+        },
+        _ = overflowed(conn) => Err(Some(Disconnect::SLOW)),
+    }
+}
+
+/// Resolves when the connection's outbox overflowed (a slow consumer).
+async fn overflowed(conn: &Connection) {
+    loop {
+        if conn.outbox().closed().await == Disconnect::SLOW {
+            return;
+        }
+        // Closed for another reason: the queued frames still go out.
+        std::future::pending::<()>().await;
+    }
+}
