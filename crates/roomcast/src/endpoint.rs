@@ -11,12 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -30,10 +30,10 @@ use roomcast_core::{
 };
 
 use crate::access::{ClientState, Rate};
-use crate::auth::{Credentials, Handshake};
+use crate::auth::Handshake;
 use crate::codes::Code;
 use crate::command::{Actor, Client, CommandError, Commands};
-use crate::config::{AuthMode, EndpointConfig, EndpointMode};
+use crate::config::{EndpointConfig, EndpointMode};
 use crate::http::{bearer, refuse};
 
 /// The event name native and Socket.IO members see for a relayed frame.
@@ -140,29 +140,6 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, room, token, headers)))
 }
 
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Sends a close frame with the code (no frame of roomcast's protocol) and
-/// gives the client a moment to answer.
-async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
-    let goodbye = async {
-        socket
-            .send(Message::Close(Some(CloseFrame {
-                code: d.code,
-                reason: Utf8Bytes::from(d.reason.as_ref()),
-            })))
-            .await?;
-        while let Some(Ok(m)) = socket.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-        Ok::<_, axum::Error>(())
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
-}
-
 /// Serves one upgraded endpoint connection until it closes.
 async fn serve(
     e: Arc<Endpoint>,
@@ -182,7 +159,7 @@ async fn serve(
         Err(err) => {
             let d = crate::wsio::connect_failed(&err);
             cmd.metrics.disconnect(d.code);
-            close_with(&mut socket, &d).await;
+            crate::wsio::close(&mut socket, &d, None).await;
             return;
         }
     };
@@ -191,11 +168,7 @@ async fn serve(
         conn: &conn,
         state: &state,
     };
-    let credentials = match token {
-        Some(t) => Some(Credentials::Token(t)),
-        None if cmd.config.auth.mode == AuthMode::Proxy => Some(Credentials::Handshake),
-        None => None,
-    };
+    let credentials = crate::wsio::credentials(&cmd, token);
     let refused = match credentials {
         // An endpoint client cannot authenticate later: it speaks no protocol.
         None if !cmd.access.anonymous() => {
@@ -216,7 +189,7 @@ async fn serve(
         Err(d) => {
             tracing::info!(code = d.code, reason = %d.reason, "endpoint connection refused at the handshake");
             cmd.metrics.disconnect(d.code);
-            close_with(&mut socket, &d).await;
+            crate::wsio::close(&mut socket, &d, None).await;
             conn.close().await;
             return;
         }
@@ -226,7 +199,7 @@ async fn serve(
         let d = join_refused(&err);
         tracing::info!(%room, error = ?err, "endpoint connection refused its room");
         cmd.metrics.disconnect(d.code);
-        close_with(&mut socket, &d).await;
+        crate::wsio::close(&mut socket, &d, None).await;
         cmd.access
             .webhook("disconnect", &conn, None, Some("join refused"));
         conn.close().await;
@@ -242,21 +215,8 @@ async fn serve(
         batch: Vec::with_capacity(16),
     };
     let reason = task.run().await;
-    let Task {
-        conn, mut socket, ..
-    } = task;
-    let why = match &reason {
-        Some(d) => d.reason.to_string(),
-        None => "client closed".to_owned(),
-    };
-    if let Some(d) = reason {
-        cmd.metrics.disconnect(d.code);
-        close_with(&mut socket, &d).await;
-    } else {
-        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
-    }
-    cmd.access.webhook("disconnect", &conn, None, Some(&why));
-    conn.close().await;
+    let Task { conn, socket, .. } = task;
+    crate::wsio::finish(&cmd, conn, socket, reason, |_| None).await;
 }
 
 /// The close code for a refused join: 4506, or 4004 when the subscribe proxy

@@ -5,18 +5,20 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 
 use roomcast_core::admission::Slot;
 use roomcast_core::error::ConnectError;
 use roomcast_core::{Connection, Disconnect, Frame};
 
+use crate::auth::Credentials;
 use crate::codes::Code;
 use crate::command::Commands;
+use crate::config::AuthMode;
 use crate::http::refuse;
 
 /// Takes a place for a WebSocket before its upgrade, so that a full or
@@ -109,4 +111,67 @@ async fn overflowed(conn: &Connection) {
         // Closed for another reason: the queued frames still go out.
         std::future::pending::<()>().await;
     }
+}
+
+/// The credentials a WebSocket presents at its upgrade: a token (`?token=`
+/// or `Authorization`), the handshake itself in proxy mode, or none.
+pub(crate) fn credentials(commands: &Commands, token: Option<String>) -> Option<Credentials> {
+    match token {
+        Some(t) => Some(Credentials::Token(t)),
+        None if commands.config.auth.mode == AuthMode::Proxy => Some(Credentials::Handshake),
+        None => None,
+    }
+}
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends `goodbye` (the native `disconnect` frame; endpoints send none) and a
+/// close frame with the code, then gives the client a moment to answer.
+pub(crate) async fn close(socket: &mut WebSocket, d: &Disconnect, goodbye: Option<Frame>) {
+    let closing = async {
+        if let Some(frame) = goodbye {
+            socket.feed(to_message(frame)).await?;
+        }
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: d.code,
+                reason: Utf8Bytes::from(d.reason.as_ref()),
+            })))
+            .await?;
+        // Wait for the client's close frame (or anything) so the close is clean.
+        while let Some(Ok(m)) = socket.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+}
+
+/// Ends a served connection: closes with `reason` (or, when the client
+/// closed, sends our half of the handshake), sends the `disconnect` webhook
+/// and removes the connection from the hub.
+pub(crate) async fn finish(
+    commands: &Commands,
+    conn: Connection,
+    mut socket: WebSocket,
+    reason: Option<Disconnect>,
+    goodbye: impl FnOnce(&Disconnect) -> Option<Frame>,
+) {
+    let why = match &reason {
+        Some(d) => d.reason.to_string(),
+        None => "client closed".to_owned(),
+    };
+    if let Some(d) = reason {
+        commands.metrics.disconnect(d.code);
+        close(&mut socket, &d, goodbye(&d)).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+    }
+    commands
+        .access
+        .webhook("disconnect", &conn, None, Some(&why));
+    conn.close().await;
 }

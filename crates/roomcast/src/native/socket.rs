@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{sleep_until, Instant};
@@ -59,33 +59,6 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, token, headers)))
 }
 
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Sends the `disconnect` frame and a close frame with the same code, then
-/// gives the client a moment to answer.
-async fn close_with(socket: &mut WebSocket, d: &Disconnect) {
-    let goodbye = async {
-        socket
-            .feed(crate::wsio::to_message(super::encode_disconnect(d)))
-            .await?;
-        socket
-            .send(Message::Close(Some(CloseFrame {
-                code: d.code,
-                reason: Utf8Bytes::from(d.reason.as_ref()),
-            })))
-            .await?;
-        // Wait for the client's close frame (or anything) so the close is clean.
-        while let Some(Ok(m)) = socket.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-        Ok::<_, axum::Error>(())
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
-}
-
 /// Serves one upgraded native WebSocket until it closes.
 async fn serve(
     e: Arc<Endpoint>,
@@ -104,7 +77,7 @@ async fn serve(
         Err(err) => {
             let d = crate::wsio::connect_failed(&err);
             cmd.metrics.disconnect(d.code);
-            close_with(&mut socket, &d).await;
+            crate::wsio::close(&mut socket, &d, Some(super::encode_disconnect(&d))).await;
             return;
         }
     };
@@ -113,12 +86,7 @@ async fn serve(
         conn: &conn,
         state: &state,
     };
-    let proxy = cmd.config.auth.mode == AuthMode::Proxy;
-    let credentials = match token {
-        Some(t) => Some(Credentials::Token(t)),
-        None if proxy => Some(Credentials::Handshake),
-        None => None,
-    };
+    let credentials = crate::wsio::credentials(&cmd, token);
     let mut rooms = Vec::new();
     match credentials {
         None => cmd.access.webhook("connect", &conn, None, None),
@@ -129,7 +97,7 @@ async fn serve(
                 Err(d) => {
                     tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
                     cmd.metrics.disconnect(d.code);
-                    close_with(&mut socket, &d).await;
+                    crate::wsio::close(&mut socket, &d, Some(super::encode_disconnect(&d))).await;
                     conn.close().await;
                     return;
                 }
@@ -156,22 +124,11 @@ async fn serve(
         batch: Vec::with_capacity(16),
     };
     let reason = task.run().await;
-    let Task {
-        conn, mut socket, ..
-    } = task;
-    let why = match &reason {
-        Some(d) => d.reason.to_string(),
-        None => "client closed".to_owned(),
-    };
-    if let Some(d) = reason {
-        cmd.metrics.disconnect(d.code);
-        close_with(&mut socket, &d).await;
-    } else {
-        // The client closed: send our half of the closing handshake.
-        let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
-    }
-    cmd.access.webhook("disconnect", &conn, None, Some(&why));
-    conn.close().await;
+    let Task { conn, socket, .. } = task;
+    crate::wsio::finish(&cmd, conn, socket, reason, |d| {
+        Some(super::encode_disconnect(d))
+    })
+    .await;
 }
 
 struct Task {
