@@ -76,10 +76,15 @@ pub(crate) fn relayed(room: &str, message: Message) -> Option<Publication> {
     let (data, relayed) = match message {
         Message::Text(text) => {
             let text = text.as_str();
-            let json = serde_json::from_str::<&RawValue>(text).is_ok()
-                && json_depth_within(text.as_bytes(), MAX_JSON_DEPTH);
-            match json.then(|| RawValue::from_string(text.to_owned()).ok()) {
-                Some(Some(raw)) => (raw, Relayed::Json),
+            // One parse. `from_string` trims surrounding whitespace: such a
+            // frame is kept as text, so that endpoint members still get it as sent.
+            match RawValue::from_string(text.to_owned()) {
+                Ok(raw)
+                    if raw.get().len() == text.len()
+                        && json_depth_within(text.as_bytes(), MAX_JSON_DEPTH) =>
+                {
+                    (raw, Relayed::Json)
+                }
                 _ => (serde_json::value::to_raw_value(text).ok()?, Relayed::Text),
             }
         }

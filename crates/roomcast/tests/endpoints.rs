@@ -4,7 +4,6 @@
 
 mod support;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -16,79 +15,28 @@ mod sio;
 use roomcast::config::EndpointConfig;
 use roomcast_core::room::RoomRule;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// A page's `new WebSocket(url)`: frames in, frames out, nothing else.
-struct Page {
-    ws: Ws,
+async fn page(srv: &TestServer, path: &str) -> Client {
+    Client::connect(srv.addr, path).await
 }
 
-impl Page {
-    async fn open(srv: &TestServer, path: &str) -> Page {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", srv.addr))
-            .await
-            .expect("endpoint upgrade");
-        Page { ws }
-    }
+async fn page_with(srv: &TestServer, path: &str, headers: &[(&str, &str)]) -> Client {
+    Client::try_connect(srv.addr, path, headers)
+        .await
+        .expect("endpoint upgrade")
+}
 
-    async fn open_with(srv: &TestServer, path: &str, headers: &[(&str, &str)]) -> Page {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = format!("ws://{}{path}", srv.addr)
-            .into_client_request()
-            .unwrap();
-        for (k, v) in headers {
-            req.headers_mut().append(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("endpoint upgrade");
-        Page { ws }
+/// The next frame, which must be text.
+async fn text(c: &mut Client) -> String {
+    match c.recv_message().await {
+        Message::Text(t) => t.as_str().to_owned(),
+        other => panic!("expected a text frame, got {other:?}"),
     }
+}
 
-    async fn send(&mut self, m: Message) {
-        self.ws.send(m).await.unwrap();
-    }
-
-    /// The next text or binary frame (pings are answered by the library).
-    async fn next(&mut self) -> Message {
-        loop {
-            let m = tokio::time::timeout(STEP, self.ws.next())
-                .await
-                .expect("a frame within the step timeout")
-                .expect("connection open")
-                .expect("no websocket error");
-            match m {
-                Message::Ping(_) | Message::Pong(_) => continue,
-                m => return m,
-            }
-        }
-    }
-
-    async fn text(&mut self) -> String {
-        match self.next().await {
-            Message::Text(t) => t.as_str().to_owned(),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-
-    /// The close code the server sent.
-    async fn close_code(mut self) -> u16 {
-        loop {
-            match tokio::time::timeout(STEP, self.ws.next())
-                .await
-                .expect("closed in time")
-            {
-                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("websocket error before the close: {e}"),
-            }
-        }
-    }
+/// The close code the server sent.
+async fn close_code(c: Client) -> u16 {
+    c.closed().await.code.expect("closed with a code")
 }
 
 fn chat_config() -> roomcast::Config {
@@ -106,8 +54,8 @@ fn chat_config() -> roomcast::Config {
 #[tokio::test]
 async fn frames_are_relayed_unchanged_to_endpoint_members_and_as_events_to_native_ones() {
     let srv = start(chat_config()).await;
-    let mut a = Page::open(&srv, "/ws/chat/lobby/").await;
-    let mut b = Page::open(&srv, "/ws/chat/lobby/").await;
+    let mut a = page(&srv, "/ws/chat/lobby/").await;
+    let mut b = page(&srv, "/ws/chat/lobby/").await;
     let mut native = srv.client().await;
     native.welcome().await;
     native.join("chat_lobby").await;
@@ -117,28 +65,37 @@ async fn frames_are_relayed_unchanged_to_endpoint_members_and_as_events_to_nativ
 
     // The tutorial's frame, with its spacing: both pages (the sender too) get it as sent.
     let frame = r#"{"message": "hi there"}"#;
-    a.send(Message::text(frame)).await;
-    assert_eq!(a.text().await, frame);
-    assert_eq!(b.text().await, frame);
+    a.send_raw(Message::text(frame)).await;
+    assert_eq!(text(&mut a).await, frame);
+    assert_eq!(text(&mut b).await, frame);
     let m = native.recv_type("message").await;
     assert_eq!(m["room"], "chat_lobby");
     assert_eq!(m["event"], roomcast::RELAY_EVENT);
     assert_eq!(m["data"], json!({"message": "hi there"}));
 
     // Plain text is not JSON: native members get the string.
-    b.send(Message::text("hello")).await;
-    assert_eq!(a.text().await, "hello");
-    assert_eq!(b.text().await, "hello");
+    b.send_raw(Message::text("hello")).await;
+    assert_eq!(text(&mut a).await, "hello");
+    assert_eq!(text(&mut b).await, "hello");
     assert_eq!(native.recv_type("message").await["data"], "hello");
 
     // A JSON string literal stays a literal for the pages.
-    a.send(Message::text(r#""quoted""#)).await;
-    assert_eq!(b.text().await, r#""quoted""#);
+    a.send_raw(Message::text(r#""quoted""#)).await;
+    assert_eq!(text(&mut b).await, r#""quoted""#);
     assert_eq!(native.recv_type("message").await["data"], "quoted");
 
+    // JSON with whitespace around it stays byte for byte for the pages; native
+    // members get it as a string.
+    a.send_raw(Message::text(" {\"n\": 1}\n")).await;
+    assert_eq!(text(&mut b).await, " {\"n\": 1}\n");
+    assert_eq!(native.recv_type("message").await["data"], " {\"n\": 1}\n");
+
     // Binary frames come back as the same bytes.
-    a.send(Message::binary(vec![0u8, 1, 254, 255])).await;
-    assert_eq!(b.next().await, Message::binary(vec![0u8, 1, 254, 255]));
+    a.send_raw(Message::binary(vec![0u8, 1, 254, 255])).await;
+    assert_eq!(
+        b.recv_message().await,
+        Message::binary(vec![0u8, 1, 254, 255])
+    );
     assert_eq!(native.recv_type("message").await["data"], "AAH+/w==");
 
     // A publication from the API or a native client reaches pages as the JSON of its data.
@@ -149,33 +106,44 @@ async fn frames_are_relayed_unchanged_to_endpoint_members_and_as_events_to_nativ
         )
         .await;
     assert_eq!(status, 200);
-    let got: Value = serde_json::from_str(&b.text().await).unwrap();
+    let got: Value = serde_json::from_str(&text(&mut b).await).unwrap();
     assert_eq!(got, json!({"message": "from django"}));
     let ack = native
         .request(json!({"type": "publish", "room": "chat_lobby", "event": "x", "data": [1, 2]}))
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     // Page a did not read since "hello": the rest is queued for it, in order.
-    assert_eq!(a.text().await, r#""quoted""#);
-    assert_eq!(a.next().await, Message::binary(vec![0u8, 1, 254, 255]));
-    assert_eq!(a.text().await, r#"{"message":"from django"}"#);
-    assert_eq!(a.text().await, "[1,2]");
+    assert_eq!(text(&mut a).await, r#""quoted""#);
+    assert_eq!(text(&mut a).await, " {\"n\": 1}\n");
+    assert_eq!(
+        a.recv_message().await,
+        Message::binary(vec![0u8, 1, 254, 255])
+    );
+    assert_eq!(text(&mut a).await, r#"{"message":"from django"}"#);
+    assert_eq!(text(&mut a).await, "[1,2]");
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn the_other_endpoint_uses_the_segment_as_the_room_and_unknown_paths_are_404() {
     let srv = start(chat_config()).await;
-    let mut p = Page::open(&srv, "/room/123/").await;
+    let mut p = page(&srv, "/room/123/").await;
     let mut native = srv.client().await;
     native.welcome().await;
     native.join("123").await;
     native
         .request(json!({"type": "publish", "room": "123", "event": "e", "data": "to the page"}))
         .await;
-    assert_eq!(p.text().await, r#""to the page""#);
+    assert_eq!(text(&mut p).await, r#""to the page""#);
 
-    for path in ["/room/", "/room/1/2/", "/ws/chat/lobby", "/nothing/here/"] {
+    let too_long = format!("/room/{}/", "x".repeat(300));
+    for path in [
+        "/room/",
+        "/room/1/2/",
+        "/ws/chat/lobby",
+        "/nothing/here/",
+        too_long.as_str(),
+    ] {
         let r = Client::try_connect(srv.addr, path, &[]).await;
         assert_eq!(r.err().map(|e| e.0), Some(404), "{path}");
     }
@@ -190,8 +158,8 @@ async fn a_refused_join_closes_with_4506_and_a_missing_token_with_4502() {
     ]))
     .unwrap();
     let srv = start(c).await;
-    let staff = Page::open(&srv, "/ws/chat/staff/").await;
-    assert_eq!(staff.close_code().await, 4506);
+    let staff = page(&srv, "/ws/chat/staff/").await;
+    assert_eq!(close_code(staff).await, 4506);
     srv.stop().await;
 
     // Token mode: an endpoint client cannot authenticate after the upgrade.
@@ -199,10 +167,10 @@ async fn a_refused_join_closes_with_4506_and_a_missing_token_with_4502() {
     c.auth.mode = roomcast::config::AuthMode::Token;
     c.auth.jwt.secret = "endpoint-test-secret".into();
     let srv = start(c).await;
-    let anonymous = Page::open(&srv, "/ws/chat/lobby/").await;
-    assert_eq!(anonymous.close_code().await, 4502);
-    let bad = Page::open(&srv, "/ws/chat/lobby/?token=not-a-jwt").await;
-    assert_eq!(bad.close_code().await, 4502);
+    let anonymous = page(&srv, "/ws/chat/lobby/").await;
+    assert_eq!(close_code(anonymous).await, 4502);
+    let bad = page(&srv, "/ws/chat/lobby/?token=not-a-jwt").await;
+    assert_eq!(close_code(bad).await, 4502);
     srv.stop().await;
 }
 
@@ -211,12 +179,12 @@ async fn an_oversize_frame_closes_only_its_sender() {
     let mut c = chat_config();
     c.limits.max_message_bytes = 1024;
     let srv = start(c).await;
-    let mut big = Page::open(&srv, "/room/r/").await;
-    let mut other = Page::open(&srv, "/room/r/").await;
-    big.send(Message::text("x".repeat(4096))).await;
-    assert_eq!(big.close_code().await, u16::from(CloseCode::Size));
-    other.send(Message::text("still here")).await;
-    assert_eq!(other.text().await, "still here");
+    let mut big = page(&srv, "/room/r/").await;
+    let mut other = page(&srv, "/room/r/").await;
+    big.send_raw(Message::text("x".repeat(4096))).await;
+    assert_eq!(close_code(big).await, u16::from(CloseCode::Size));
+    other.send_raw(Message::text("still here")).await;
+    assert_eq!(text(&mut other).await, "still here");
     let (_, p) = srv.get("/api/presence/r").await;
     assert_eq!(p["connections"], 1, "{p}");
     srv.stop().await;
@@ -247,11 +215,11 @@ async fn rpc_mode_hands_frames_to_the_event_proxy_and_answers_the_sender() {
         ..EndpointConfig::relay("/ws/chat/{room}/")
     }];
     let srv = start(c).await;
-    let mut a = Page::open(&srv, "/ws/chat/lobby/").await;
-    let mut b = Page::open(&srv, "/ws/chat/lobby/").await;
+    let mut a = page(&srv, "/ws/chat/lobby/").await;
+    let mut b = page(&srv, "/ws/chat/lobby/").await;
 
-    a.send(Message::text("hello")).await;
-    assert_eq!(a.text().await, "hello yourself");
+    a.send_raw(Message::text("hello")).await;
+    assert_eq!(text(&mut a).await, "hello yourself");
     let call = backend.next("rpc").await;
     assert_eq!(call.body["event"], roomcast::RELAY_EVENT);
     assert_eq!(call.body["room"], "chat_lobby");
@@ -260,10 +228,10 @@ async fn rpc_mode_hands_frames_to_the_event_proxy_and_answers_the_sender() {
 
     // The backend decides what is relayed: here, a publication to the room.
     // Its actions run before its result is sent, as for a native rpc.
-    a.send(Message::text(r#"{"message": "saved?"}"#)).await;
-    assert_eq!(a.text().await, r#"{"message":"saved?"}"#);
-    assert_eq!(a.text().await, r#"{"saved":"saved?"}"#);
-    assert_eq!(b.text().await, r#"{"message":"saved?"}"#);
+    a.send_raw(Message::text(r#"{"message": "saved?"}"#)).await;
+    assert_eq!(text(&mut a).await, r#"{"message":"saved?"}"#);
+    assert_eq!(text(&mut a).await, r#"{"saved":"saved?"}"#);
+    assert_eq!(text(&mut b).await, r#"{"message":"saved?"}"#);
     srv.stop().await;
 }
 
@@ -312,25 +280,28 @@ async fn relayed_frames_cross_nodes_on_redis_unchanged() {
 
     // A page sends only once it is in its room: its first frame reaching
     // node 0 shows it is a member.
-    let mut page_b = Page::open(&nodes[1], "/ws/chat/lobby/").await;
-    page_b.send(Message::text("from b")).await;
+    let mut page_b = page(&nodes[1], "/ws/chat/lobby/").await;
+    page_b.send_raw(Message::text("from b")).await;
     assert_eq!(native_a.recv_type("message").await["data"], "from b");
-    assert_eq!(page_b.text().await, "from b");
+    assert_eq!(text(&mut page_b).await, "from b");
 
-    let mut page_a = Page::open(&nodes[0], "/ws/chat/lobby/").await;
+    let mut page_a = page(&nodes[0], "/ws/chat/lobby/").await;
     let frame = r#"{"message":  "across"}"#;
-    page_a.send(Message::text(frame)).await;
-    assert_eq!(page_b.text().await, frame);
-    assert_eq!(page_a.text().await, frame);
+    page_a.send_raw(Message::text(frame)).await;
+    assert_eq!(text(&mut page_b).await, frame);
+    assert_eq!(text(&mut page_a).await, frame);
     assert_eq!(native_b.recv_type("message").await["data"], "from b");
     assert_eq!(
         native_b.recv_type("message").await["data"],
         json!({"message": "across"})
     );
-    page_a.send(Message::text(r#""lit""#)).await;
-    assert_eq!(page_b.text().await, r#""lit""#);
-    page_a.send(Message::binary(vec![7u8, 0, 7])).await;
-    assert_eq!(page_b.next().await, Message::binary(vec![7u8, 0, 7]));
+    page_a.send_raw(Message::text(r#""lit""#)).await;
+    assert_eq!(text(&mut page_b).await, r#""lit""#);
+    page_a.send_raw(Message::binary(vec![7u8, 0, 7])).await;
+    assert_eq!(
+        page_b.recv_message().await,
+        Message::binary(vec![7u8, 0, 7])
+    );
     assert_eq!(
         native_a.recv_type("message").await["data"],
         json!({"message": "across"})
@@ -360,18 +331,17 @@ async fn in_proxy_mode_the_django_session_user_is_the_endpoint_user() {
     c.proxy.connect_url = backend.url("connect");
     c.proxy.secret = "endpoint-proxy-secret".into();
     let srv = start(c).await;
-    let mut alice =
-        Page::open_with(&srv, "/ws/chat/lobby/", &[("cookie", "sessionid=alice")]).await;
+    let mut alice = page_with(&srv, "/ws/chat/lobby/", &[("cookie", "sessionid=alice")]).await;
     let call = backend.next("connect").await;
     assert_eq!(call.body["transport"], "endpoint");
     assert_eq!(call.header("cookie"), Some("sessionid=alice"));
-    alice.send(Message::text("in")).await;
-    assert_eq!(alice.text().await, "in");
+    alice.send_raw(Message::text("in")).await;
+    assert_eq!(text(&mut alice).await, "in");
     let (_, p) = srv.get("/api/presence/chat_lobby").await;
     assert_eq!(p["users"][0]["user"], "42", "{p}");
 
-    let stranger = Page::open_with(&srv, "/ws/chat/lobby/", &[("cookie", "sessionid=bob")]).await;
-    assert_eq!(stranger.close_code().await, 4502);
+    let stranger = page_with(&srv, "/ws/chat/lobby/", &[("cookie", "sessionid=bob")]).await;
+    assert_eq!(close_code(stranger).await, 4502);
     srv.stop().await;
 }
 
@@ -387,15 +357,39 @@ async fn socketio_members_get_relayed_frames_as_message_events() {
         s.recv_sio().await,
         r#"31[{"joined":true,"room":"chat_lobby"}]"#
     );
-    let mut page = Page::open(&srv, "/ws/chat/lobby/").await;
-    page.send(Message::text(r#"{"message":"to socket.io"}"#))
+    let mut page = page(&srv, "/ws/chat/lobby/").await;
+    page.send_raw(Message::text(r#"{"message":"to socket.io"}"#))
         .await;
-    assert_eq!(page.text().await, r#"{"message":"to socket.io"}"#);
+    assert_eq!(text(&mut page).await, r#"{"message":"to socket.io"}"#);
     assert_eq!(
         s.event().await,
         ("message".to_owned(), json!({"message": "to socket.io"}))
     );
-    page.send(Message::text("plain")).await;
+    page.send_raw(Message::text("plain")).await;
     assert_eq!(s.event().await, ("message".to_owned(), json!("plain")));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn frames_over_the_rate_are_dropped_then_the_sender_is_closed_with_4005() {
+    let mut c = chat_config();
+    c.limits.message_rate = 1;
+    c.limits.message_burst = 3;
+    let srv = start(c).await;
+    let mut calm = page(&srv, "/room/r/").await;
+    let mut noisy = page(&srv, "/room/r/").await;
+    // Ten frames back to back: the burst of three is relayed, the next two
+    // are dropped (an endpoint has no error frame), the sixth closes.
+    for i in 1..=10 {
+        noisy.send_raw(Message::text(i.to_string())).await;
+    }
+    for i in 1..=3 {
+        assert_eq!(text(&mut calm).await, i.to_string());
+    }
+    assert_eq!(close_code(noisy).await, 4005);
+    // Nothing of 4..10 reached the room: the next frame calm sees is its own.
+    calm.send_raw(Message::text("after")).await;
+    assert_eq!(text(&mut calm).await, "after");
+    assert_eq!(srv.metric("roomcast_client_errors_total").await, 2.0);
     srv.stop().await;
 }

@@ -319,6 +319,15 @@ impl Client {
     }
 
     async fn recv_wire(&mut self) -> Value {
+        match self.recv_message().await {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+
+    /// The next frame as it came, text or binary (pings are answered by the
+    /// library and skipped): for clients that speak no JSON protocol.
+    pub async fn recv_message(&mut self) -> Message {
         loop {
             let m = tokio::time::timeout(STEP, self.ws.next())
                 .await
@@ -326,9 +335,8 @@ impl Client {
                 .expect("connection open")
                 .expect("no websocket error");
             match m {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
                 Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
+                m => return m,
             }
         }
     }
