@@ -87,7 +87,7 @@ pub use hub::{
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{
     json_depth_within, Command, Envelope, Payload, PresenceEvent, PresenceKind, Publication,
-    Relayed, Route, Sender, StreamPosition, Target, Who, MAX_JSON_DEPTH,
+    Relayed, RelayedFrame, Route, Sender, StreamPosition, Target, Who, MAX_JSON_DEPTH, RELAY_EVENT,
 };
 pub use outbox::{Outbox, PushError};
 pub use protocol::Protocol;

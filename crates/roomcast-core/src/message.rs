@@ -109,6 +109,75 @@ impl Publication {
     }
 }
 
+/// The event name native and Socket.IO members see for a relayed frame.
+pub const RELAY_EVENT: &str = "message";
+
+/// The WebSocket frame a relayed publication carries, as its client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayedFrame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+impl Publication {
+    /// A text frame relayed to `target`: event [`RELAY_EVENT`], `data` the
+    /// text itself when it is JSON (kept byte for byte), else a JSON string of it.
+    pub fn relayed_text(target: Target, text: &str) -> Publication {
+        // One parse. `from_string` trims surrounding whitespace: such a frame
+        // is kept as text, so that endpoint members still get it as sent.
+        let (data, relayed) = match RawValue::from_string(text.to_owned()) {
+            Ok(raw)
+                if raw.get().len() == text.len()
+                    && json_depth_within(text.as_bytes(), MAX_JSON_DEPTH) =>
+            {
+                (raw, Relayed::Json)
+            }
+            _ => (json_string(text), Relayed::Text),
+        };
+        let mut p = Publication::new(target, RELAY_EVENT, data);
+        p.relayed = relayed;
+        p
+    }
+
+    /// A binary frame relayed to `target`: event [`RELAY_EVENT`], `data` a
+    /// JSON string of its bytes in base64.
+    pub fn relayed_binary(target: Target, bytes: &[u8]) -> Publication {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut p = Publication::new(target, RELAY_EVENT, json_string(&text));
+        p.relayed = Relayed::Binary;
+        p
+    }
+
+    /// The frame a relayed publication carries; `None` for any other publication.
+    pub fn relayed_frame(&self) -> Option<RelayedFrame> {
+        use base64::Engine as _;
+        let data = self.data.get();
+        match self.relayed {
+            Relayed::No => None,
+            Relayed::Json => Some(RelayedFrame::Text(data.to_owned())),
+            Relayed::Text => Some(RelayedFrame::Text(
+                serde_json::from_str::<String>(data).unwrap_or_default(),
+            )),
+            Relayed::Binary => {
+                let text = serde_json::from_str::<String>(data).unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .unwrap_or_default();
+                Some(RelayedFrame::Binary(bytes))
+            }
+        }
+    }
+}
+
+/// A JSON string holding `text`.
+fn json_string(text: &str) -> Box<RawValue> {
+    // Serialising a string cannot fail.
+    serde_json::value::to_raw_value(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
 /// How deeply JSON from clients may nest (arrays and objects): as deep as
 /// serde_json parses into a `Value`, so that every receiving client library
 /// can read what roomcast relays.

@@ -22,6 +22,7 @@
 //!   scripts; node heartbeats with a TTL, and reaping of dead nodes' entries.
 //! - `wire.rs`: the envelope encoding between nodes.
 //! - [`emitter`]: the emitter bridges and their decoders.
+//! - [`channels`]: the bridge to Django Channels' Redis layer (channels_redis).
 //!
 //! ```no_run
 //! # async fn f() {
@@ -37,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod broker;
+pub mod channels;
 pub mod emitter;
 mod history;
 mod presence;

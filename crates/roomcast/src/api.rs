@@ -521,6 +521,9 @@ async fn connection(State(s): Api, Path(conn): Path<String>) -> Result<Json<Valu
         Some(info) => {
             let mut v = serde_json::to_value(info).unwrap_or_default();
             v["online"] = true.into();
+            if s.channels.is_some() {
+                v["channel"] = crate::channels::conn_channel(id).into();
+            }
             v
         }
         None => json!({ "conn": conn, "online": false }),

@@ -34,6 +34,8 @@ pub(crate) struct Commands {
     pub access: Access,
     pub backend: Option<Arc<Backend>>,
     pub metrics: Arc<ServerMetrics>,
+    /// The bridge to Django Channels' layer, with `[channels]`.
+    pub channels: Option<crate::channels::Layer>,
 }
 
 /// The client connection a command comes from.

@@ -15,18 +15,15 @@ use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
 use roomcast_core::admission::Slot;
 use roomcast_core::{
-    json_depth_within, Connection, Disconnect, Frame, PresenceEvent, Protocol, Publication,
-    Relayed, Target, MAX_JSON_DEPTH,
+    Connection, Disconnect, Frame, PresenceEvent, Protocol, Publication, RelayedFrame, Target,
 };
 
 use crate::access::{ClientState, Rate};
@@ -36,8 +33,7 @@ use crate::command::{Actor, Client, CommandError, Commands};
 use crate::config::{EndpointConfig, EndpointMode};
 use crate::http::{bearer, refuse};
 
-/// The event name native and Socket.IO members see for a relayed frame.
-pub const RELAY_EVENT: &str = "message";
+pub use roomcast_core::RELAY_EVENT;
 
 /// What endpoint members get: a relayed frame as it was sent; any other
 /// publication as the JSON of its `data`. No presence or membership frames.
@@ -46,17 +42,10 @@ pub(crate) struct EndpointProtocol;
 
 impl Protocol for EndpointProtocol {
     fn encode_publication(&self, p: &Publication) -> Frame {
-        let data = p.data.get();
-        match p.relayed {
-            Relayed::No | Relayed::Json => Frame::text(data.to_owned()),
-            Relayed::Text => Frame::text(serde_json::from_str::<String>(data).unwrap_or_default()),
-            Relayed::Binary => {
-                let text = serde_json::from_str::<String>(data).unwrap_or_default();
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .unwrap_or_default();
-                Frame::Binary(bytes.into())
-            }
+        match p.relayed_frame() {
+            None => Frame::text(p.data.get().to_owned()),
+            Some(RelayedFrame::Text(text)) => Frame::text(text),
+            Some(RelayedFrame::Binary(bytes)) => Frame::Binary(bytes.into()),
         }
     }
 
@@ -73,33 +62,12 @@ impl Protocol for EndpointProtocol {
 /// [`RELAY_EVENT`], `data` the JSON text as sent, or a string (the text, or
 /// for a binary frame its bytes in base64).
 pub(crate) fn relayed(room: &str, message: Message) -> Option<Publication> {
-    let (data, relayed) = match message {
-        Message::Text(text) => {
-            let text = text.as_str();
-            // One parse. `from_string` trims surrounding whitespace: such a
-            // frame is kept as text, so that endpoint members still get it as sent.
-            match RawValue::from_string(text.to_owned()) {
-                Ok(raw)
-                    if raw.get().len() == text.len()
-                        && json_depth_within(text.as_bytes(), MAX_JSON_DEPTH) =>
-                {
-                    (raw, Relayed::Json)
-                }
-                _ => (serde_json::value::to_raw_value(text).ok()?, Relayed::Text),
-            }
-        }
-        Message::Binary(b) => {
-            let text = base64::engine::general_purpose::STANDARD.encode(&b);
-            (
-                serde_json::value::to_raw_value(&text).ok()?,
-                Relayed::Binary,
-            )
-        }
-        _ => return None,
-    };
-    let mut p = Publication::new(Target::Room(room.to_owned()), RELAY_EVENT, data);
-    p.relayed = relayed;
-    Some(p)
+    let target = Target::Room(room.to_owned());
+    match message {
+        Message::Text(text) => Some(Publication::relayed_text(target, text.as_str())),
+        Message::Binary(b) => Some(Publication::relayed_binary(target, &b)),
+        _ => None,
+    }
 }
 
 /// The room of a path segment under an endpoint's `room` template.
@@ -140,9 +108,12 @@ pub(crate) async fn upgrade(
         Err(refused) => return *refused,
     };
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
+    let path = e.config.path.replace("{room}", &segment);
     let tasks = e.tasks.clone();
     crate::wsio::configure(ws, &e.commands)
-        .on_upgrade(move |socket| tasks.track_future(serve(e, socket, slot, room, token, headers)))
+        .on_upgrade(move |socket| {
+            tasks.track_future(serve(e, socket, slot, room, path, token, headers))
+        })
 }
 
 /// Serves one upgraded endpoint connection until it closes.
@@ -151,6 +122,7 @@ async fn serve(
     mut socket: WebSocket,
     slot: Slot,
     room: String,
+    path: String,
     token: Option<String>,
     headers: HeaderMap,
 ) {
@@ -218,8 +190,18 @@ async fn serve(
         room,
         mode: e.config.mode,
         batch: Vec::with_capacity(16),
+        path,
+        channel: e.config.channel.clone(),
+        client_close: None,
     };
+    task.tell_worker(crate::channels::Event::Connect);
     let reason = task.run().await;
+    // The client's own close code, else ours, else an abnormal end.
+    let code = task
+        .client_close
+        .or(reason.as_ref().map(|d| d.code))
+        .unwrap_or(1006);
+    task.tell_worker(crate::channels::Event::Disconnect(code));
     let Task { conn, socket, .. } = task;
     crate::wsio::finish(&cmd, conn, socket, reason, |_| None).await;
 }
@@ -243,9 +225,30 @@ struct Task {
     room: String,
     mode: EndpointMode,
     batch: Vec<Frame>,
+    /// The request path (`/ws/chat/lobby/`).
+    path: String,
+    /// The worker's channel, in channel mode.
+    channel: String,
+    /// The code of the client's close frame.
+    client_close: Option<u16>,
 }
 
 impl Task {
+    /// In channel mode, sends `event` to the worker's channel.
+    fn tell_worker(&self, event: crate::channels::Event<'_>) {
+        if self.mode != EndpointMode::Channel {
+            return;
+        }
+        if let Some(layer) = &self.cmd.channels {
+            let route = crate::channels::Route {
+                channel: &self.channel,
+                room: &self.room,
+                path: &self.path,
+            };
+            crate::channels::send(layer, &route, &self.conn, event);
+        }
+    }
+
     /// Returns the reason to give the client, or `None` if the client went away.
     async fn run(&mut self) -> Option<Disconnect> {
         let s = self.cmd.clone();
@@ -326,7 +329,10 @@ impl Task {
                     Rate::Close | Rate::Closing => return Err(Some(Disconnect::RATE_LIMITED)),
                 }
             }
-            Message::Close(_) => return Err(None),
+            Message::Close(frame) => {
+                self.client_close = frame.as_ref().map(|f| f.code);
+                return Err(None);
+            }
             Message::Pong(_) => return Ok(()),
         }
         let len = match &msg {
@@ -335,6 +341,14 @@ impl Task {
             _ => return Ok(()),
         };
         s.metrics.count_in(len);
+        if self.mode == EndpointMode::Channel {
+            match &msg {
+                Message::Text(t) => self.tell_worker(crate::channels::Event::Text(t.as_str())),
+                Message::Binary(b) => self.tell_worker(crate::channels::Event::Binary(b)),
+                _ => {}
+            }
+            return Ok(());
+        }
         let Some(p) = relayed(&self.room, msg) else {
             return Ok(());
         };
@@ -371,6 +385,8 @@ impl Task {
                     }
                 }
             }
+            // Sent to the worker above.
+            EndpointMode::Channel => {}
         }
         Ok(())
     }

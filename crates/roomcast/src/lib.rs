@@ -14,6 +14,9 @@
 //!   (JWT, `auth/jwt.rs`) and proxy modes; [`auth::ConnectProxy`] is the
 //!   backend's part in proxy mode.
 //! - [`backend`]: the backend over HTTP: connect, subscribe and event proxies, webhooks.
+//! - `channels.rs`: the Django Channels bridge (`[channels]`) as the server
+//!   uses it: started around the node's backends, connection channel names,
+//!   the messages of endpoints in channel mode.
 //! - `access/`: what a client may do (room rules, client send/broadcast,
 //!   rate limit, the per-user cap); `access/client.rs` is its per-connection state.
 //! - `wsio.rs`: WebSocket plumbing the native and URL-per-room endpoints share
@@ -70,6 +73,7 @@ mod access;
 mod api;
 pub mod auth;
 pub mod backend;
+mod channels;
 pub mod codes;
 mod command;
 pub mod config;
@@ -84,6 +88,7 @@ mod socketio;
 mod wsio;
 
 pub use api::ApiError;
+pub use channels::ChannelsStartError;
 pub use config::Config;
 pub use endpoint::RELAY_EVENT;
 pub use roomcast_core;

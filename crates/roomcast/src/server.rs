@@ -63,6 +63,9 @@ pub enum StartError {
     /// The JWT keys could not be loaded.
     #[error(transparent)]
     Jwt(#[from] crate::auth::KeyError),
+    /// The Channels bridge could not be set up.
+    #[error(transparent)]
+    Channels(#[from] crate::channels::ChannelsStartError),
 }
 
 impl Server {
@@ -78,21 +81,30 @@ impl Server {
 
     /// Like [`new`](Server::new), returning configuration errors.
     pub fn try_new(config: Config) -> Result<Server, StartError> {
-        let b = &config.broker;
-        if b.url.is_empty() {
-            let hub = Hub::with_stores(
-                config.hub_config(),
+        let channels = crate::channels::layer(&config)?;
+        let hub = if config.broker.url.is_empty() {
+            let (broker, history) = crate::channels::wrap(
+                channels.as_ref(),
                 Arc::new(roomcast_core::broker::MemoryBroker::new()),
-                Arc::new(roomcast_core::presence::MemoryPresence::new()),
                 Arc::new(roomcast_core::history::MemoryHistory::with_meta_ttl(
                     Duration::from_secs(config.history.meta_ttl),
                 )),
             );
-            return Server::try_with_hub(config, hub);
+            Hub::with_stores(
+                config.hub_config(),
+                broker,
+                Arc::new(roomcast_core::presence::MemoryPresence::new()),
+                history,
+            )
+        } else {
+            redis_hub(&config, channels.as_ref())?
+        };
+        if let Some(layer) = &channels {
+            crate::channels::attach(layer, &hub);
         }
-        let hub = redis_hub(&config)?;
-        let server = Server::try_with_hub(config, hub)?;
-        if let Some(io) = server.socketio() {
+        let clustered = !config.broker.url.is_empty();
+        let server = Server::build(config, hub, None, channels)?;
+        if let (true, Some(io)) = (clustered, server.socketio()) {
             let c = &server.config().socketio;
             let timeout = Duration::from_millis(c.ping_interval_ms + c.ping_timeout_ms + 10_000);
             let forwarder =
@@ -115,7 +127,7 @@ impl Server {
 
     /// Like [`with_hub`](Server::with_hub), returning configuration errors.
     pub fn try_with_hub(config: Config, hub: Hub) -> Result<Server, StartError> {
-        Server::build(config, hub, None)
+        Server::build(config, hub, None, None)
     }
 
     /// A server around `hub` whose connections are authenticated by `auth`
@@ -128,13 +140,14 @@ impl Server {
         hub: Hub,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Server, StartError> {
-        Server::build(config, hub, Some(auth))
+        Server::build(config, hub, Some(auth), None)
     }
 
     fn build(
         config: Config,
         hub: Hub,
         auth: Option<Arc<dyn Authenticator>>,
+        channels: Option<crate::channels::Layer>,
     ) -> Result<Server, StartError> {
         let p = &config.proxy;
         let backend = [&p.connect_url, &p.subscribe_url, &p.rpc_url, &p.webhook_url]
@@ -161,6 +174,7 @@ impl Server {
             access,
             backend,
             metrics: metrics.clone(),
+            channels,
         });
         let socketio = config
             .socketio
@@ -334,6 +348,9 @@ impl Server {
             );
         }
         tokio::time::sleep_until(started + Duration::from_millis(c.linger_ms)).await;
+        if let Some(layer) = &self.inner.commands.channels {
+            crate::channels::stop(layer);
+        }
         done
     }
 }
@@ -341,7 +358,10 @@ impl Server {
 /// A hub on the Redis broker, presence and history of `config.broker`, with
 /// the emitter bridges it names.
 #[cfg(feature = "redis")]
-fn redis_hub(config: &Config) -> Result<Hub, StartError> {
+fn redis_hub(
+    config: &Config,
+    channels: Option<&crate::channels::Layer>,
+) -> Result<Hub, StartError> {
     let b = &config.broker;
     let mut rc = roomcast_redis::RedisConfig::new(&b.url);
     rc.prefix = b.prefix.clone();
@@ -350,11 +370,16 @@ fn redis_hub(config: &Config) -> Result<Hub, StartError> {
     rc.node_ttl = Duration::from_millis(b.node_ttl_ms);
     rc.history_meta_ttl = Duration::from_secs(config.history.meta_ttl);
     let redis = roomcast_redis::Redis::start(rc)?;
+    let (broker, history) = crate::channels::wrap(
+        channels,
+        Arc::new(redis.broker()),
+        Arc::new(redis.history()),
+    );
     let hub = Hub::with_stores(
         config.hub_config(),
-        Arc::new(redis.broker()),
+        broker,
         Arc::new(redis.presence()),
-        Arc::new(redis.history()),
+        history,
     );
     let emitters = b.emitter_list().unwrap_or_default();
     if !emitters.is_empty() {
@@ -373,7 +398,10 @@ fn redis_hub(config: &Config) -> Result<Hub, StartError> {
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_hub(_config: &Config) -> Result<Hub, StartError> {
+fn redis_hub(
+    _config: &Config,
+    _channels: Option<&crate::channels::Layer>,
+) -> Result<Hub, StartError> {
     Err(StartError::NoRedis)
 }
 

@@ -17,6 +17,15 @@ pub struct EndpointConfig {
     /// What happens to client frames. Default: `relay`.
     #[serde(default)]
     pub mode: EndpointMode,
+    /// `type` of the messages the room's publications become for the
+    /// Channels group (`[channels] publish_to_groups`), e.g. `chat.message`.
+    /// Default: none (`roomcast.message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_type: Option<String>,
+    /// The Channels channel client frames go to, for `mode = "channel"`
+    /// (e.g. `chat.inbound`, served by `manage.py runworker chat.inbound`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
 }
 
 fn room_placeholder() -> String {
@@ -30,6 +39,8 @@ impl EndpointConfig {
             path: path.to_owned(),
             room: room_placeholder(),
             mode: EndpointMode::Relay,
+            group_type: None,
+            channel: String::new(),
         }
     }
 
@@ -60,6 +71,36 @@ impl EndpointConfig {
                 self.room
             ));
         }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() < 100
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        match (self.mode, self.channel.is_empty()) {
+            (EndpointMode::Channel, true) => {
+                return Err(format!(
+                    "{key}.mode = \"channel\" needs {key}.channel, e.g. \"chat.inbound\""
+                ))
+            }
+            (EndpointMode::Channel, false) if !name_ok(&self.channel) => {
+                return Err(format!(
+                    "{key}.channel must be a Channels channel name (letters, digits, '-', '_', '.', under 100), got {:?}",
+                    self.channel
+                ))
+            }
+            (EndpointMode::Relay | EndpointMode::Rpc, false) => {
+                return Err(format!("{key}.channel is only for mode = \"channel\""))
+            }
+            _ => {}
+        }
+        if let Some(t) = &self.group_type {
+            if !name_ok(t) {
+                return Err(format!(
+                    "{key}.group_type must be a message type like \"chat.message\", got {t:?}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -75,4 +116,8 @@ pub enum EndpointMode {
     /// `proxy.rpc_routes`) as event `message` with the room; the answer's
     /// result goes back to the sender and its actions run.
     Rpc,
+    /// Every frame goes to a Channels channel (`channel`) as
+    /// `websocket.receive`, with `websocket.connect` and
+    /// `websocket.disconnect` around them, for a Django worker.
+    Channel,
 }

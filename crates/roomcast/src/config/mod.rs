@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use roomcast_core::room::{RoomRule, RoomRules};
 
+mod channels;
 mod endpoint;
 
+pub use channels::{ChannelsSettings, LayerSetting, SerializerSetting};
 pub use endpoint::{EndpointConfig, EndpointMode};
 use roomcast_core::HubConfig;
 
@@ -51,6 +53,8 @@ pub struct Config {
     /// URL-per-room WebSocket endpoints (`[[endpoints]]`), for pages written
     /// for Django Channels; see `docs/channels.md`.
     pub endpoints: Vec<EndpointConfig>,
+    /// The bridge to Django Channels' Redis layer; see `docs/channels.md`.
+    pub channels: ChannelsSettings,
 }
 
 /// `[history]`: what rooms keep for clients that reconnect (see `docs/recovery.md`).
@@ -95,6 +99,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             rooms: Vec::new(),
             endpoints: Vec::new(),
+            channels: ChannelsSettings::default(),
         }
     }
 }
@@ -827,6 +832,7 @@ impl Config {
             }
         }
         self.broker.validate()?;
+        self.channels.validate()?;
         self.proxy.validate(self.auth.mode)?;
         for (i, e) in self.endpoints.iter().enumerate() {
             e.validate(i)?;
@@ -839,6 +845,11 @@ impl Config {
             {
                 return Err(format!(
                     "endpoints[{i}].mode = \"rpc\" needs an event proxy: proxy.rpc_url or proxy.rpc_routes"
+                ));
+            }
+            if e.mode == EndpointMode::Channel && !self.channels.enabled() {
+                return Err(format!(
+                    "endpoints[{i}].mode = \"channel\" needs the Channels layer: channels.url"
                 ));
             }
             if e.path == "/ws" || e.path == "/" || e.path.starts_with("/api/") {
