@@ -97,7 +97,10 @@ pub(crate) fn attach(layer: &Layer, hub: &Hub) {
         tracing::info!(url = %layer.config().url, layer = ?layer.config().layer, prefix = %layer.config().prefix, "bridging the Django Channels layer");
     }
     #[cfg(not(feature = "redis"))]
-    match *layer {}
+    {
+        let _ = hub;
+        match *layer {}
+    }
 }
 
 /// Stops the bridge (after the drain).
@@ -114,6 +117,7 @@ pub(crate) fn conn_channel(conn: ConnId) -> String {
 }
 
 /// What an endpoint in channel mode tells its worker.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Event<'a> {
     /// The connection opened (and joined its room).
     Connect,
@@ -126,6 +130,7 @@ pub(crate) enum Event<'a> {
 }
 
 /// Where the events of one channel-mode connection go, and what they carry.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct Route<'a> {
     pub channel: &'a str,
     pub room: &'a str,
@@ -155,12 +160,12 @@ pub(crate) fn send(layer: &Layer, route: &Route<'_>, conn: &Connection, event: E
         m.set("reply_channel", Value::from(conn_channel(conn.id())));
         m.set("conn", Value::from(conn.id().to_string()));
         m.set("room", Value::from(route.room));
-        m.set(
-            "user",
-            conn.user().map_or(Value::Nil, |u| Value::from(&*u)),
-        );
+        m.set("user", conn.user().map_or(Value::Nil, |u| Value::from(&*u)));
         m.set("path", Value::from(route.path));
-        m.set("session", from_json(serde_json::Value::Object(conn.session())));
+        m.set(
+            "session",
+            from_json(serde_json::Value::Object(conn.session())),
+        );
         layer.send(route.channel, m);
     }
     #[cfg(not(feature = "redis"))]

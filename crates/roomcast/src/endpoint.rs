@@ -110,10 +110,9 @@ pub(crate) async fn upgrade(
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
     let path = e.config.path.replace("{room}", &segment);
     let tasks = e.tasks.clone();
-    crate::wsio::configure(ws, &e.commands)
-        .on_upgrade(move |socket| {
-            tasks.track_future(serve(e, socket, slot, room, path, token, headers))
-        })
+    crate::wsio::configure(ws, &e.commands).on_upgrade(move |socket| {
+        tasks.track_future(serve(e, socket, slot, room, path, token, headers))
+    })
 }
 
 /// Serves one upgraded endpoint connection until it closes.

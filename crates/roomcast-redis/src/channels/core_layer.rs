@@ -94,7 +94,9 @@ async fn membership(
     mut conn: redis::aio::ConnectionManager,
     mut requests: mpsc::UnboundedReceiver<Sync>,
 ) {
-    let Some(&node) = state.node.get() else { return };
+    let Some(&node) = state.node.get() else {
+        return;
+    };
     let expiry = state.config.group_expiry.as_secs().max(1);
     let mut wanted: HashSet<String> = HashSet::new();
     let mut refresh = tokio::time::interval(state.config.refresh());
@@ -144,7 +146,11 @@ async fn membership(
         pipe.zrem(group_key(&state, room), message::room_channel(node, room))
             .ignore();
     }
-    let _ = tokio::time::timeout(state.config.command_timeout, pipe.query_async::<()>(&mut conn)).await;
+    let _ = tokio::time::timeout(
+        state.config.command_timeout,
+        pipe.query_async::<()>(&mut conn),
+    )
+    .await;
 }
 
 /// Sends what the node puts on the layer, in order.
@@ -168,7 +174,10 @@ async fn sender(
                 if channel.contains('!') {
                     m.set("__asgi_channel__", Value::from(channel.as_str()));
                 }
-                vec![(channel_key(&state, &channel), m.encode(c.format, c.random_prefix()))]
+                vec![(
+                    channel_key(&state, &channel),
+                    m.encode(c.format, c.random_prefix()),
+                )]
             }
             Out::Group(group, m) => {
                 let key = group_key(&state, &group);
@@ -189,7 +198,9 @@ async fn sender(
                 let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for name in members {
                     if !message::is_roomcast_channel(&name) {
-                        keys.entry(channel_key(&state, &name)).or_default().push(name);
+                        keys.entry(channel_key(&state, &name))
+                            .or_default()
+                            .push(name);
                     }
                 }
                 keys.into_iter()
@@ -216,7 +227,10 @@ async fn sender(
             match added {
                 Ok(1) => state.counts.sent.fetch_add(1, Ordering::Relaxed),
                 Ok(_) => {
-                    tracing::info!(key, "channels layer: channel over capacity; message dropped");
+                    tracing::info!(
+                        key,
+                        "channels layer: channel over capacity; message dropped"
+                    );
                     state.counts.full.fetch_add(1, Ordering::Relaxed)
                 }
                 Err(e) => {
@@ -230,7 +244,9 @@ async fn sender(
 
 /// Empties the node's channel key and delivers each message.
 async fn receiver(state: Arc<State>, mut conn: redis::aio::ConnectionManager) {
-    let Some(&node) = state.node.get() else { return };
+    let Some(&node) = state.node.get() else {
+        return;
+    };
     let key = channel_key(&state, &format!("specific.{}!", message::node_prefix(node)));
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -286,7 +302,8 @@ async fn receiver(state: Arc<State>, mut conn: redis::aio::ConnectionManager) {
 
 fn handle(state: &State, node: roomcast_core::NodeId, bytes: &[u8]) {
     let c = &state.config;
-    let mut m = match LayerMessage::decode(bytes, c.format, c.random_prefix(), c.max_message_bytes) {
+    let mut m = match LayerMessage::decode(bytes, c.format, c.random_prefix(), c.max_message_bytes)
+    {
         Ok(m) => m,
         Err(e) => {
             state.counts.malformed.fetch_add(1, Ordering::Relaxed);

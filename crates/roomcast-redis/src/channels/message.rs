@@ -5,8 +5,8 @@
 //! it as msgpack (the default) or JSON; the core layer puts 12 random bytes
 //! in front so that equal messages stay distinct in a sorted set.
 
-use roomcast_core::{ConnId, Disconnect, NodeId, Publication, RelayedFrame, Relayed, Target};
 pub use rmpv::Value;
+use roomcast_core::{ConnId, Disconnect, NodeId, Publication, Relayed, RelayedFrame, Target};
 
 /// How the layer serialises messages (`serializer_format` on the Django side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,7 +114,9 @@ impl LayerMessage {
             let Value::String(k) = k else {
                 return Err(MessageError::Shape("a key that is not a string"));
             };
-            let k = k.into_str().ok_or(MessageError::Shape("a key that is not UTF-8"))?;
+            let k = k
+                .into_str()
+                .ok_or(MessageError::Shape("a key that is not UTF-8"))?;
             fields.push((k, v));
         }
         let m = LayerMessage { fields };
@@ -392,18 +394,25 @@ mod tests {
     #[test]
     fn decodes_what_channels_redis_writes_and_round_trips() {
         let bytes = msgpack(
-            map(vec![("type", "chat.message".into()), ("message", "hi".into())]),
+            map(vec![
+                ("type", "chat.message".into()),
+                ("message", "hi".into()),
+            ]),
             12,
         );
         let m = LayerMessage::decode(&bytes, Format::Msgpack, 12, 1 << 20).unwrap();
         assert_eq!(m.kind(), "chat.message");
         assert_eq!(m.get("message").and_then(Value::as_str), Some("hi"));
-        let again = LayerMessage::decode(&m.encode(Format::Msgpack, 12), Format::Msgpack, 12, 1 << 20);
+        let again =
+            LayerMessage::decode(&m.encode(Format::Msgpack, 12), Format::Msgpack, 12, 1 << 20);
         assert_eq!(again.unwrap(), m);
         let json = m.encode(Format::Json, 0);
         assert_eq!(json, br#"{"type":"chat.message","message":"hi"}"#);
         let back = LayerMessage::decode(&json, Format::Json, 0, 1 << 20).unwrap();
-        assert_eq!((back.kind(), back.get("message")), (m.kind(), m.get("message")));
+        assert_eq!(
+            (back.kind(), back.get("message")),
+            (m.kind(), m.get("message"))
+        );
     }
 
     #[test]
@@ -441,7 +450,10 @@ mod tests {
         assert_eq!(c, format!("specific.roomcast-01234567!{conn}"));
         assert_eq!(addressee(node, &c), Some(Addressee::Conn(conn)));
         let r = room_channel(node, "chat_lobby");
-        assert_eq!(addressee(node, &r), Some(Addressee::Room("chat_lobby".into())));
+        assert_eq!(
+            addressee(node, &r),
+            Some(Addressee::Room("chat_lobby".into()))
+        );
         assert_eq!(addressee(NodeId(0x0100_0001), &r), None);
         assert!(is_roomcast_channel(&r));
         assert!(!is_roomcast_channel("specific.abc!def"));
@@ -455,37 +467,69 @@ mod tests {
         let room = || Target::Room("r".into());
         let mut send = LayerMessage::new("websocket.send");
         send.set("text", "{\"message\": 1}".into());
-        let Some(Action::Deliver(p)) = incoming(send, room()) else { panic!() };
-        assert_eq!(p.relayed_frame(), Some(RelayedFrame::Text("{\"message\": 1}".into())));
+        let Some(Action::Deliver(p)) = incoming(send, room()) else {
+            panic!()
+        };
+        assert_eq!(
+            p.relayed_frame(),
+            Some(RelayedFrame::Text("{\"message\": 1}".into()))
+        );
         let mut bin = LayerMessage::new("websocket.send");
         bin.set("bytes", Value::Binary(vec![0, 255]));
-        let Some(Action::Deliver(p)) = incoming(bin, room()) else { panic!() };
+        let Some(Action::Deliver(p)) = incoming(bin, room()) else {
+            panic!()
+        };
         assert_eq!(p.relayed_frame(), Some(RelayedFrame::Binary(vec![0, 255])));
         let mut chat = LayerMessage::new("chat.message");
         chat.set("message", "hi".into());
-        let Some(Action::Deliver(p)) = incoming(chat, room()) else { panic!() };
+        let Some(Action::Deliver(p)) = incoming(chat, room()) else {
+            panic!()
+        };
         assert_eq!(p.event, "chat.message");
         assert_eq!(data(&p).get(), r#"{"message":"hi"}"#);
         let mut close = LayerMessage::new("websocket.close");
         close.set("code", 4321.into());
         let conn = Target::Conn(ConnId(1));
-        let Some(Action::Close(d)) = incoming(close.clone(), conn.clone()) else { panic!() };
+        let Some(Action::Close(d)) = incoming(close.clone(), conn.clone()) else {
+            panic!()
+        };
         assert_eq!(d.code, 4321);
         close.set("code", 1006.into());
-        let Some(Action::Close(d)) = incoming(close, conn) else { panic!() };
+        let Some(Action::Close(d)) = incoming(close, conn) else {
+            panic!()
+        };
         assert_eq!(d.code, 1000);
     }
 
     #[test]
     fn maps_outgoing_publications() {
         let room = || Target::Room("r".into());
-        let m = outgoing(&Publication::relayed_text(room(), r#"{"message":"hi","type":"x"}"#), "chat.message");
-        assert_eq!(m.encode(Format::Json, 0), br#"{"type":"chat.message","message":"hi"}"#);
-        let m = outgoing(&Publication::relayed_text(room(), "plain"), "roomcast.message");
-        assert_eq!(m.encode(Format::Json, 0), br#"{"type":"roomcast.message","text":"plain"}"#);
+        let m = outgoing(
+            &Publication::relayed_text(room(), r#"{"message":"hi","type":"x"}"#),
+            "chat.message",
+        );
+        assert_eq!(
+            m.encode(Format::Json, 0),
+            br#"{"type":"chat.message","message":"hi"}"#
+        );
+        let m = outgoing(
+            &Publication::relayed_text(room(), "plain"),
+            "roomcast.message",
+        );
+        assert_eq!(
+            m.encode(Format::Json, 0),
+            br#"{"type":"roomcast.message","text":"plain"}"#
+        );
         let m = outgoing(&Publication::relayed_binary(room(), &[1, 2]), "t");
         assert_eq!(m.get("bytes"), Some(&Value::Binary(vec![1, 2])));
-        let p = Publication::new(room(), "e", serde_json::value::RawValue::from_string("[1]".into()).unwrap());
-        assert_eq!(outgoing(&p, "t").encode(Format::Json, 0), br#"{"type":"t","data":[1]}"#);
+        let p = Publication::new(
+            room(),
+            "e",
+            serde_json::value::RawValue::from_string("[1]".into()).unwrap(),
+        );
+        assert_eq!(
+            outgoing(&p, "t").encode(Format::Json, 0),
+            br#"{"type":"t","data":[1]}"#
+        );
     }
 }

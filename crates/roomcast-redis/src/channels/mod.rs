@@ -222,7 +222,9 @@ impl State {
         }
         // A connection in one of the rooms gets the message once.
         for room in &rooms {
-            if let Some(Action::Deliver(p)) = message::incoming(msg.clone(), Target::Room(room.clone())) {
+            if let Some(Action::Deliver(p)) =
+                message::incoming(msg.clone(), Target::Room(room.clone()))
+            {
                 let selection = Selection {
                     rooms: vec![room.clone()],
                     ..Selection::default()
@@ -262,7 +264,9 @@ impl State {
         if !self.config.publish_to_groups {
             return;
         }
-        let Target::Room(room) = &p.target else { return };
+        let Target::Room(room) = &p.target else {
+            return;
+        };
         if !message::valid_group(room) {
             return;
         }

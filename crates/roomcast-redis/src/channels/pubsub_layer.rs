@@ -69,7 +69,10 @@ async fn sender(
             .await;
         match r {
             Ok(0) if !group => {
-                tracing::warn!(channel, "channels layer: nobody listens on the channel; message lost");
+                tracing::warn!(
+                    channel,
+                    "channels layer: nobody listens on the channel; message lost"
+                );
                 state.counts.failed.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) => {
@@ -84,7 +87,9 @@ async fn sender(
 }
 
 async fn subscriber(state: Arc<State>, mut requests: mpsc::UnboundedReceiver<Sync>) {
-    let Some(&node) = state.node.get() else { return };
+    let Some(&node) = state.node.get() else {
+        return;
+    };
     let conns = format!("specific.{}!*", message::node_prefix(node));
     let group_prefix = group_channel(&state, "");
     let mut wanted: HashSet<String> = HashSet::new();
