@@ -82,29 +82,24 @@ class Stack:
 
         return RedisPubSubChannelLayer(hosts=[self.redis.url])
 
-    def group_send(self, group, message):
+    def call(self, method, *args):
+        """Calls a layer method (group_send, send, group_add) as Django code would, on a fresh layer."""
+
         async def go():
             layer = self.channel_layer()
-            await layer.group_send(group, message)
+            await getattr(layer, method)(*args)
             await close_layer(layer)
 
         async_to_sync(go)()
+
+    def group_send(self, group, message):
+        self.call("group_send", group, message)
 
     def send(self, channel, message):
-        async def go():
-            layer = self.channel_layer()
-            await layer.send(channel, message)
-            await close_layer(layer)
-
-        async_to_sync(go)()
+        self.call("send", channel, message)
 
     def group_add(self, group, channel):
-        async def go():
-            layer = self.channel_layer()
-            await layer.group_add(group, channel)
-            await close_layer(layer)
-
-        async_to_sync(go)()
+        self.call("group_add", group, channel)
 
     def wait_member(self, room, n=1):
         """Until roomcast is in the group of `room` (and daphne consumers, n in all)."""
@@ -121,10 +116,9 @@ class Stack:
 
 
 async def close_layer(layer):
+    """Closes the core layer's pools (the pub/sub layer closes with its event loop)."""
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
-    elif hasattr(layer, "flush"):
-        pass
 
 
 def django_env(redis_url, layer, db):

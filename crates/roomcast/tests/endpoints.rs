@@ -236,7 +236,7 @@ async fn rpc_mode_hands_frames_to_the_event_proxy_and_answers_the_sender() {
 }
 
 #[test]
-fn rpc_mode_without_an_event_proxy_is_a_configuration_error() {
+fn endpoint_and_channels_settings_that_cannot_work_are_configuration_errors() {
     let mut c = config();
     c.endpoints = vec![EndpointConfig {
         mode: roomcast::config::EndpointMode::Rpc,
@@ -245,6 +245,33 @@ fn rpc_mode_without_an_event_proxy_is_a_configuration_error() {
     assert!(c.validate().unwrap_err().contains("proxy.rpc_url"));
     c.endpoints = vec![EndpointConfig::relay("/room/{room}/x{y}")];
     assert!(c.validate().unwrap_err().contains("endpoints[0].path"));
+    // Channel mode needs a channel and the Channels layer; a channel is only for channel mode.
+    let channel = |name: &str| EndpointConfig {
+        mode: roomcast::config::EndpointMode::Channel,
+        channel: name.to_owned(),
+        ..EndpointConfig::relay("/room/{room}/")
+    };
+    c.endpoints = vec![channel("")];
+    assert!(c.validate().unwrap_err().contains("endpoints[0].channel"));
+    c.endpoints = vec![channel("chat.inbound")];
+    assert!(c.validate().unwrap_err().contains("channels.url"));
+    c.channels.url = "redis://127.0.0.1:6379/0".into();
+    assert_eq!(c.validate(), Ok(()));
+    c.endpoints = vec![channel("chat!inbound")];
+    assert!(c.validate().unwrap_err().contains("Channels channel name"));
+    c.endpoints = vec![EndpointConfig {
+        channel: "chat.inbound".into(),
+        ..EndpointConfig::relay("/room/{room}/")
+    }];
+    assert!(c.validate().unwrap_err().contains("only for mode"));
+    c.endpoints = vec![EndpointConfig {
+        group_type: Some("chat message".into()),
+        ..EndpointConfig::relay("/room/{room}/")
+    }];
+    assert!(c.validate().unwrap_err().contains("group_type"));
+    c.endpoints.clear();
+    c.channels.url = "http://x".into();
+    assert!(c.validate().unwrap_err().contains("channels.url"));
 }
 
 /// Waits for the node's Redis subscriber, as its metrics report it.
