@@ -108,7 +108,11 @@ pub(crate) async fn upgrade(
         Err(refused) => return *refused,
     };
     let token = q.token.or_else(|| bearer(&headers).map(str::to_owned));
-    let path = e.config.path.replace("{room}", &segment);
+    // Only channel mode tells anyone the path.
+    let path = match e.config.mode {
+        EndpointMode::Channel => e.config.path.replace("{room}", &segment),
+        _ => String::new(),
+    };
     let tasks = e.tasks.clone();
     crate::wsio::configure(ws, &e.commands).on_upgrade(move |socket| {
         tasks.track_future(serve(e, socket, slot, room, path, token, headers))
@@ -224,7 +228,7 @@ struct Task {
     room: String,
     mode: EndpointMode,
     batch: Vec<Frame>,
-    /// The request path (`/ws/chat/lobby/`).
+    /// The request path (`/ws/chat/lobby/`), in channel mode.
     path: String,
     /// The worker's channel, in channel mode.
     channel: String,
