@@ -44,11 +44,11 @@ function within(ms, what, promise) {
 }
 
 /**
- * Starts `$ROOMCAST_BIN serve --listen 127.0.0.1:0` and resolves with the
+ * Starts `$ROOMCAST_BIN serve --listen 127.0.0.1:0 [extra...]` and resolves with the
  * child process and the base URL parsed from its `listening on http://...` line.
  */
-function startServer(bin) {
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0'], {
+function startServer(bin, extra = []) {
+  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NO_COLOR: '1' },
   });
@@ -208,6 +208,65 @@ describe('chat page', { timeout: 90_000 }, () => {
   });
 
   it('the pages logged no errors', () => {
+    assert.deepEqual(errors, []);
+  });
+});
+
+// A page written for Django Channels (the seed-style `/room/123/` page): it
+// opens `new WebSocket("ws://host/room/123/")` and sends plain text, served by
+// `roomcast serve --endpoint '/room/{room}/'` with no change to the page.
+describe('a Channels-style page on a relay endpoint', { timeout: 60_000 }, () => {
+  let server;
+  let browser;
+  const errors = [];
+
+  before(async () => {
+    server = await startServer(process.env.ROOMCAST_BIN, ['--endpoint', '/room/{room}/']);
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    if (server) {
+      server.child.kill('SIGKILL');
+      await server.exited;
+    }
+  });
+
+  /** The page, as its author wrote it, against the server's host. */
+  async function openPage(name) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP);
+    page.on('pageerror', (e) => errors.push(`${name}: page error: ${e.message}`));
+    // Served from the server's own origin, as nginx would put both behind one host.
+    await page.goto(server.url + '/healthz');
+    await page.setContent(`<ul id="log"></ul><input id="text"><button id="send">Send</button>
+      <script>
+        const socket = new WebSocket("ws://" + location.host + "/room/123/");
+        socket.onopen = () => document.body.dataset.open = "yes";
+        socket.onmessage = (e) => {
+          const li = document.createElement("li");
+          li.textContent = e.data;
+          document.getElementById("log").appendChild(li);
+        };
+        document.getElementById("send").onclick = () => socket.send(document.getElementById("text").value);
+      </script>`);
+    await page.locator('body[data-open="yes"]').waitFor();
+    return page;
+  }
+
+  it('plain text from one page reaches both, unchanged', async () => {
+    const a = await openPage('a');
+    const b = await openPage('b');
+    await a.fill('#text', 'hello from a, not JSON');
+    await a.click('#send');
+    for (const page of [a, b]) {
+      await page.locator('#log > li', { hasText: 'hello from a, not JSON' }).waitFor();
+      assert.deepEqual(await page.$$eval('#log > li', (lis) => lis.map((li) => li.textContent)), [
+        'hello from a, not JSON',
+      ]);
+    }
     assert.deepEqual(errors, []);
   });
 });
