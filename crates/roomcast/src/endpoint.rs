@@ -191,10 +191,9 @@ async fn serve(
         state,
         socket,
         room,
-        mode: e.config.mode,
+        endpoint: e.clone(),
         batch: Vec::with_capacity(16),
         path,
-        channel: e.config.channel.clone(),
         client_close: None,
     };
     task.tell_worker(crate::channels::Event::Connect);
@@ -226,12 +225,11 @@ struct Task {
     state: Arc<ClientState>,
     socket: WebSocket,
     room: String,
-    mode: EndpointMode,
+    /// Its endpoint: the mode and, in channel mode, the worker's channel.
+    endpoint: Arc<Endpoint>,
     batch: Vec<Frame>,
     /// The request path (`/ws/chat/lobby/`), in channel mode.
     path: String,
-    /// The worker's channel, in channel mode.
-    channel: String,
     /// The code of the client's close frame.
     client_close: Option<u16>,
 }
@@ -239,12 +237,12 @@ struct Task {
 impl Task {
     /// In channel mode, sends `event` to the worker's channel.
     fn tell_worker(&self, event: crate::channels::Event<'_>) {
-        if self.mode != EndpointMode::Channel {
+        if self.endpoint.config.mode != EndpointMode::Channel {
             return;
         }
         if let Some(layer) = &self.cmd.channels {
             let route = crate::channels::Route {
-                channel: &self.channel,
+                channel: &self.endpoint.config.channel,
                 room: &self.room,
                 path: &self.path,
             };
@@ -344,7 +342,7 @@ impl Task {
             _ => return Ok(()),
         };
         s.metrics.count_in(len);
-        if self.mode == EndpointMode::Channel {
+        if self.endpoint.config.mode == EndpointMode::Channel {
             match &msg {
                 Message::Text(t) => self.tell_worker(crate::channels::Event::Text(t.as_str())),
                 Message::Binary(b) => self.tell_worker(crate::channels::Event::Binary(b)),
@@ -359,7 +357,7 @@ impl Task {
             conn: &self.conn,
             state: &self.state,
         };
-        match self.mode {
+        match self.endpoint.config.mode {
             // The command layer checks the room's publish rule and sends it
             // detached, like a native publish without id.
             EndpointMode::Relay => {

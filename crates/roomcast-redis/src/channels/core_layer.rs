@@ -88,7 +88,9 @@ fn channel_key(state: &State, channel: &str) -> String {
     format!("{}{non_local}", state.config.prefix)
 }
 
-/// Keeps the node's group memberships in line with its rooms.
+/// Keeps the node's group memberships in line with its rooms. While the
+/// layer is down, requests only update what is wanted (a join does not wait
+/// for Redis); the next retry writes it all.
 async fn membership(
     state: Arc<State>,
     mut conn: redis::aio::ConnectionManager,
@@ -97,43 +99,69 @@ async fn membership(
     let Some(&node) = state.node.get() else {
         return;
     };
-    let expiry = state.config.group_expiry.as_secs().max(1);
+    let expiry = state.config.group_expiry.as_secs().max(1) as i64;
+    // Groups the node is in, and groups it left but could not tell Redis yet.
     let mut wanted: HashSet<String> = HashSet::new();
+    let mut left: HashSet<String> = HashSet::new();
     let mut refresh = tokio::time::interval(state.config.refresh());
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut dirty = false;
+    let add = |pipe: &mut redis::Pipeline, room: &str, t: f64| {
+        let key = group_key(&state, room);
+        pipe.zadd(&key, message::room_channel(node, room), t)
+            .ignore()
+            .expire(&key, expiry)
+            .ignore();
+    };
+    let remove = |pipe: &mut redis::Pipeline, room: &str| {
+        pipe.zrem(group_key(&state, room), message::room_channel(node, room))
+            .ignore();
+    };
     loop {
         tokio::select! {
             Some(req) = requests.recv() => {
-                let key = group_key(&state, &req.room);
-                let member = message::room_channel(node, &req.room);
                 let mut pipe = redis::pipe();
                 if state.wants(&req.room) {
+                    left.remove(&req.room);
                     wanted.insert(req.room.clone());
-                    pipe.zadd(&key, &member, now()).ignore().expire(&key, expiry as i64).ignore();
+                    add(&mut pipe, &req.room, now());
                 } else if wanted.remove(&req.room) {
-                    pipe.zrem(&key, &member).ignore();
+                    left.insert(req.room.clone());
+                    remove(&mut pipe, &req.room);
                 }
-                if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                if !state.connected.load(Ordering::Acquire) {
+                    dirty = true;
+                } else if let Err(e) = pipe.query_async::<()>(&mut conn).await {
                     state.failed(&e);
                     tracing::warn!(error = %e, room = %req.room, "channels layer: group membership not updated; retrying");
                     dirty = true;
+                } else {
+                    left.remove(&req.room);
                 }
                 let _ = req.done.send(());
             }
             _ = refresh.tick() => dirty = true,
-            _ = retry.tick(), if dirty => {
-                wanted.retain(|room| state.wants(room));
+            _ = retry.tick(), if dirty && state.connected.load(Ordering::Acquire) => {
+                // Rooms the hub no longer has (a request that raced) are left too.
+                let gone: Vec<String> = wanted.iter().filter(|r| !state.wants(r)).cloned().collect();
+                for room in gone {
+                    wanted.remove(&room);
+                    left.insert(room);
+                }
                 let mut pipe = redis::pipe();
                 let t = now();
                 for room in &wanted {
-                    let key = group_key(&state, room);
-                    pipe.zadd(&key, message::room_channel(node, room), t).ignore()
-                        .expire(&key, expiry as i64).ignore();
+                    add(&mut pipe, room, t);
+                }
+                for room in &left {
+                    remove(&mut pipe, room);
                 }
                 match pipe.query_async::<()>(&mut conn).await {
-                    Ok(()) => dirty = false,
+                    Ok(()) => {
+                        dirty = false;
+                        left.clear();
+                    }
                     Err(e) => state.failed(&e),
                 }
             }
@@ -142,9 +170,8 @@ async fn membership(
     }
     // Leave every group, so that Django stops sending to this node's key.
     let mut pipe = redis::pipe();
-    for room in &wanted {
-        pipe.zrem(group_key(&state, room), message::room_channel(node, room))
-            .ignore();
+    for room in wanted.iter().chain(&left) {
+        remove(&mut pipe, room);
     }
     let _ = tokio::time::timeout(
         state.config.command_timeout,
@@ -250,6 +277,15 @@ async fn receiver(state: Arc<State>, mut conn: redis::aio::ConnectionManager) {
     let key = channel_key(&state, &format!("specific.{}!", message::node_prefix(node)));
     let mut backoff = Duration::from_millis(100);
     loop {
+        // Up as soon as Redis answers, not after the first block times out.
+        if !state.connected.load(Ordering::Acquire) {
+            let pong: Result<(), _> = redis::cmd("PING").query_async(&mut conn).await;
+            if pong.is_ok() {
+                state.counts.reconnects.fetch_add(1, Ordering::Relaxed);
+                state.set_connected(true);
+                tracing::info!(key, "channels layer connected");
+            }
+        }
         let mut bzpopmin = redis::cmd("BZPOPMIN");
         bzpopmin.arg(&key).arg(BLOCK.as_secs_f64());
         let popped: Result<Option<(String, Vec<u8>, f64)>, _> = tokio::select! {
@@ -260,9 +296,8 @@ async fn receiver(state: Arc<State>, mut conn: redis::aio::ConnectionManager) {
             Ok(first) => {
                 if !state.connected.load(Ordering::Acquire) {
                     state.counts.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(key, "channels layer connected");
+                    state.set_connected(true);
                 }
-                state.set_connected(true);
                 backoff = Duration::from_millis(100);
                 first
             }
