@@ -45,10 +45,11 @@ process.on('exit', () => {
 });
 
 /** Spawns `bin args`, remembering the last lines of its output for error messages. */
-function launch(bin, args, env = {}) {
+export function launch(bin, args, env = {}, { cwd } = {}) {
   // ROOMCAST_BIN is this harness's setting, not the server's (it would warn about it).
   const { ROOMCAST_BIN: _, ...inherited } = process.env;
   const child = spawn(bin, args, {
+    cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...inherited, NO_COLOR: '1', ...env },
   });
@@ -68,10 +69,11 @@ function launch(bin, args, env = {}) {
     child.once('error', (e) => reject(new Error(`cannot start ${bin}: ${e.message}`)));
   });
   failed.catch(() => {});
-  createInterface({ input: child.stderr }).on('line', remember('stderr'));
+  const stderr = createInterface({ input: child.stderr });
+  stderr.on('line', remember('stderr'));
   const stdout = createInterface({ input: child.stdout });
   stdout.on('line', remember('stdout'));
-  return { child, exited, failed, output, stdout, name: bin };
+  return { child, exited, failed, output, stdout, stderr, name: bin };
 }
 
 async function stop(proc) {
@@ -86,7 +88,7 @@ async function stop(proc) {
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.once('error', reject);

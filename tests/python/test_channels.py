@@ -133,7 +133,7 @@ def django_env(redis_url, layer, db):
     )
 
 
-def start_roomcast(redis_url, layer, workdir):
+def start_roomcast(redis_url, layer, workdir, django_url):
     binary = os.environ.get("ROOMCAST_BIN")
     if not binary:
         pytest.fail("ROOMCAST_BIN is not set: cargo build -p roomcast-cli, then ROOMCAST_BIN=$PWD/target/debug/roomcast", pytrace=False)
@@ -144,6 +144,7 @@ def start_roomcast(redis_url, layer, workdir):
         .replace('listen = "127.0.0.1:8700"', 'listen = "127.0.0.1:0"')
         .replace('url = "redis://127.0.0.1:6379/0"', f'url = "{redis_url}"')
         .replace('layer = "core"', f'layer = "{layer}"')
+        .replace("http://127.0.0.1:8000", django_url)
         + '\n[client]\nsend = true\n'
     )
     proc = Process("roomcast", [binary, "serve", "--config", str(config)], child_env({"RUST_LOG": "info"}))
@@ -168,9 +169,9 @@ def stack(request):
         env = django_env(redis_proc.url, layer, db)
         migrate = Process("migrate", [sys.executable, "manage.py", "migrate", "-v", "0"], env, cwd=PROJECT)
         assert migrate.proc.wait(timeout=START) == 0, migrate.tail()
-        rc = start_roomcast(redis_proc.url, layer, workdir)
-        started.append(rc)
         port = free_port()
+        rc = start_roomcast(redis_proc.url, layer, workdir, f"http://127.0.0.1:{port}")
+        started.append(rc)
         daphne = Process("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mysite.asgi:application"], env, cwd=PROJECT)
         started.append(daphne)
         daphne.url = f"http://127.0.0.1:{port}"

@@ -3,7 +3,8 @@ project, whose WebSockets roomcast serves (see docs/channels.md).
 
 Environment: ROOMCAST_CHANNELS_URL (the layer's Redis, default
 redis://127.0.0.1:6379/0), CHANNELS_LAYER (core or pubsub), CHANNELS_PREFIX
-(default asgi), CHAT_DB (the SQLite file).
+(default asgi), CHAT_DB (the SQLite file), ROOMCAST_PROXY_SECRET (the secret
+roomcast sends to the connect proxy; roomcast reads the same variable).
 """
 import os
 from pathlib import Path
@@ -50,6 +51,11 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
+LOGIN_REDIRECT_URL = "/chat/"
+
+# roomcast calls chat.views.roomcast_connect (proxy.connect_url in
+# roomcast.toml) with this secret in X-Roomcast-Secret.
+ROOMCAST_SECRET = os.environ.get("ROOMCAST_PROXY_SECRET", "channels-chat-example-secret")
 USE_TZ = True
 
 _layer = os.environ.get("CHANNELS_LAYER", "core")
