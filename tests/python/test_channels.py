@@ -133,7 +133,7 @@ def django_env(redis_url, layer, db):
     )
 
 
-def start_roomcast(redis_url, layer, workdir, django_url):
+def start_roomcast(redis_url, layer, workdir, django_url, extra=()):
     binary = os.environ.get("ROOMCAST_BIN")
     if not binary:
         pytest.fail("ROOMCAST_BIN is not set: cargo build -p roomcast-cli, then ROOMCAST_BIN=$PWD/target/debug/roomcast", pytrace=False)
@@ -147,7 +147,7 @@ def start_roomcast(redis_url, layer, workdir, django_url):
         .replace("http://127.0.0.1:8000", django_url)
         + '\n[client]\nsend = true\n'
     )
-    proc = Process("roomcast", [binary, "serve", "--config", str(config)], child_env({"RUST_LOG": "info"}))
+    proc = Process("roomcast", [binary, "serve", "--config", str(config), *extra], child_env({"RUST_LOG": "info"}))
     try:
         proc.url = proc.wait_for_line(r"roomcast listening on (http://127\.0\.0\.1:\d+)", START).group(1)
         poll("roomcast connected to the layer", lambda: metric(proc.url, "roomcast_channels_connected") == 1, START)
@@ -360,3 +360,61 @@ def test_malformed_layer_messages_are_counted_not_applied(stack):
         assert native.send({"type": "join", "room": "after_garbage"})["type"] == "ack"
     finally:
         native.ws.close()
+
+
+def test_two_nodes_on_redis_with_endpoint_members_on_both(stack):
+    """Two roomcast nodes share a broker and the layer, with a daphne consumer in the room:
+    every member gets each group_send and each frame once, whichever node or side it came from."""
+    room = tag("n")
+    group = f"chat_{room}"
+    nodes, clients = [], []
+    try:
+        for name in ("a", "b"):
+            workdir = tempfile.mkdtemp(prefix=f"roomcast-channels-node-{name}-")
+            node = start_roomcast(stack.redis.url, stack.layer, workdir, stack.daphne.url, ["--broker", stack.redis.url])
+            node.name = f"roomcast {name}"
+            nodes.append(node)
+            poll(f"node {name} on the broker", lambda: metric(node.url, "roomcast_redis_connected") == 1, START)
+        theirs = Page(stack.daphne.url, f"/ws/chat/{room}/", "daphne page")
+        clients.append(theirs)
+        # A native member per node: its join's ack comes once the node is subscribed to the room.
+        natives = [NativeSocket(n.url, f"native {n.name}", STEP) for n in nodes]
+        clients.extend(natives)
+        for native in natives:
+            assert native.send({"type": "join", "room": group})["type"] == "ack"
+        pages = [Page(n.url, f"/ws/chat/{room}/", f"page on {n.name}") for n in nodes]
+        clients.extend(pages)
+        # Each page is in its room once its hello reached the native member of the other node.
+        for i, page in enumerate(pages):
+            page.send(json.dumps({"message": f"hello-{i}"}))
+        for native in natives:
+            for i in range(2):
+                native.inbox.wait_for(lambda f, i=i: f.get("data") == {"message": f"hello-{i}"}, f"hello-{i}")
+        stack.wait_member(group, 3)  # both nodes and the daphne consumer
+
+        stack.group_send(group, {"type": "chat.message", "message": "from django"})
+        pages[0].send(json.dumps({"message": "from a"}))
+        pages[1].send(json.dumps({"message": "from b"}))
+        theirs.send(json.dumps({"message": "from daphne"}))
+        sent = ["from django", "from a", "from b", "from daphne"]
+        fences = ["fence-django", "fence-a", "fence-b", "fence-daphne"]
+        stack.group_send(group, {"type": "chat.message", "message": fences[0]})
+        pages[0].send(json.dumps({"message": fences[1]}))
+        pages[1].send(json.dumps({"message": fences[2]}))
+        theirs.send(json.dumps({"message": fences[3]}))
+        for page in [theirs, *pages]:
+            got = [json.loads(f)["message"] for f in page.until(*fences)]
+            for m in sent + fences:
+                assert got.count(m) == 1, (page.inbox.name, m, got)
+        for native in natives:
+            for fence in fences:
+                native.inbox.wait_for(lambda f, fence=fence: f.get("data") == {"message": fence}, fence)
+            got = [f["data"]["message"] for f in native.inbox.snapshot() if f.get("type") == "message"]
+            for m in sent + fences:
+                assert got.count(m) == 1, (native.name, m, got)
+    finally:
+        for c in clients:
+            c.close() if isinstance(c, Page) else c.ws.close()
+        for n in nodes:
+            print(f"--- {n.name} ---\n{n.tail()}")
+            n.stop()
