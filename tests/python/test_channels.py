@@ -418,3 +418,32 @@ def test_two_nodes_on_redis_with_endpoint_members_on_both(stack):
         for n in nodes:
             print(f"--- {n.name} ---\n{n.tail()}")
             n.stop()
+
+
+def test_history_rooms_publish_to_groups_too(stack):
+    """In a room with history, publications go through the history store, not the broker:
+    they still reach the group once; what comes in from the layer is not stored."""
+    room = tag("h")
+    group = f"chat_{room}"
+    node = start_roomcast(stack.redis.url, stack.layer, tempfile.mkdtemp(prefix="roomcast-channels-history-"), stack.daphne.url, ["--history-size", "20"])
+    theirs = ours = None
+    try:
+        theirs = Page(stack.daphne.url, f"/ws/chat/{room}/", "daphne page")
+        ours = Page(node.url, f"/ws/chat/{room}/", "roomcast page")
+        stack.wait_member(group, 2)
+        ours.send(json.dumps({"message": "stored"}))
+        theirs.send(json.dumps({"message": "from daphne"}))
+        ours.send(json.dumps({"message": "fence-r"}))
+        theirs.send(json.dumps({"message": "fence-d"}))
+        for page in (theirs, ours):
+            got = [json.loads(f)["message"] for f in page.until("fence-r", "fence-d")]
+            for m in ("stored", "from daphne", "fence-r", "fence-d"):
+                assert got.count(m) == 1, (page.inbox.name, m, got)
+        history = requests.get(f"{node.url}/api/history/{group}", timeout=STEP).json()
+        assert [p["data"]["message"] for p in history["publications"]] == ["stored", "fence-r"], history
+    finally:
+        for page in (theirs, ours):
+            if page:
+                page.close()
+        print(f"--- roomcast with history ---\n{node.tail()}")
+        node.stop()
