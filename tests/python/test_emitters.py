@@ -322,6 +322,9 @@ def test_emit_to_room(manager, clients):
     assert_events([clients.native_a, clients.sio_b], [])
     assert clients.sio_a.received("headline") == [({"title": "rooms"},)]
     assert clients.native_b.received("headline") == [{"title": "rooms"}]
+    # The native frame names its room, as any room publication does.
+    (frame,) = [f for f in clients.native_b.frames("message") if f["event"] == "headline"]
+    assert frame["room"] == "news", frame
 
     # A list of rooms: a client in two of them still gets the emit once.
     for c in (clients.sio_a, clients.sio_b):

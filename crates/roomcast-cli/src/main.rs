@@ -191,6 +191,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line on stdout, flushed; errors (nobody reads any more) are ignored.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -199,10 +206,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let server = Server::try_new(config)?;
     // Tests and scripts wait for this line to learn the port.
-    println!(
+    // Written, not `println!`: a reader that went away (a closed pipe) must not stop the server.
+    say(format_args!(
         "roomcast listening on http://{addr} (chat page at /, WebSocket at /ws, API at /api/)"
-    );
+    ));
     tracing::info!(%addr, node = %server.hub().node(), "listening");
+    let c = server.config();
+    let on = |allowed: bool| if allowed { "on" } else { "off" };
+    say(format_args!(
+        "auth mode {}: anonymous connections {}, client send {}, client broadcast {}",
+        c.auth.mode.as_str(),
+        on(c.auth.allows_anonymous()),
+        on(c.client.send.allows(c.auth.mode)),
+        on(c.client.broadcast.allows(c.auth.mode)),
+    ));
     for w in server.config().warnings() {
         tracing::warn!("{w}");
     }

@@ -102,6 +102,20 @@ pub enum ClusterCommandError {
     Broker(#[source] BrokerError),
 }
 
+/// A user could not be bound to a connection ([`Hub::bind`](crate::Hub::bind)).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BindError {
+    /// No such connection on this node.
+    #[error("no such connection")]
+    NotFound,
+    /// The connection is closed, bound to another user, or the user id is invalid.
+    #[error(transparent)]
+    Auth(AuthError),
+    /// The connection is on another node and the broker could not carry the command.
+    #[error("the command could not reach the other nodes: {0}")]
+    Broker(#[source] BrokerError),
+}
+
 /// A publication could not be sent.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {

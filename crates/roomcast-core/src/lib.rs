@@ -70,6 +70,7 @@ mod frame;
 pub mod history;
 mod hub;
 mod id;
+pub mod idempotency;
 mod message;
 mod outbox;
 pub mod presence;
@@ -82,7 +83,8 @@ use std::pin::Pin;
 pub use disconnect::Disconnect;
 pub use frame::Frame;
 pub use hub::{
-    valid_user, ConnInfo, Connection, Hub, HubConfig, HubMetrics, Recovery, Selection, WeakHub,
+    valid_user, BindOutcome, ConnInfo, Connection, Hub, HubConfig, HubMetrics, Recovery, Selection,
+    WeakHub,
 };
 pub use id::{ConnId, NodeId, ParseConnIdError};
 pub use message::{

@@ -282,6 +282,13 @@ pub enum Command {
         /// The code and reason the clients are given.
         reason: Disconnect,
     },
+    /// Bind a user to a connection that has none (applied by its node).
+    Bind {
+        /// The connection.
+        conn: ConnId,
+        /// The user id.
+        user: String,
+    },
 }
 
 /// What brokers carry between nodes.
@@ -336,6 +343,7 @@ impl Envelope {
                     Who::Conn(c) => Route::Node(c.node()),
                 },
                 Command::CloseRoom { room } => Route::Room(room),
+                Command::Bind { conn, .. } => Route::Node(conn.node()),
             },
         }
     }

@@ -41,6 +41,7 @@ mod broker;
 pub mod channels;
 pub mod emitter;
 mod history;
+mod idempotency;
 mod presence;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -55,6 +56,7 @@ use roomcast_core::NodeId;
 
 pub use broker::RedisBroker;
 pub use history::RedisHistory;
+pub use idempotency::RedisIdempotency;
 pub use presence::RedisPresence;
 
 /// Settings of the Redis backends. [`RedisConfig::new`] gives the documented defaults.
@@ -338,6 +340,11 @@ impl Redis {
     /// room streams in Redis, shared by every node (a single Redis server only).
     pub fn history(&self) -> RedisHistory {
         RedisHistory::new(self.shared.clone(), self.shared.config.history_meta_ttl)
+    }
+
+    /// The idempotency store: keys of the HTTP API's publishes, shared by every node.
+    pub fn idempotency(&self) -> RedisIdempotency {
+        RedisIdempotency::new(self.shared.clone())
     }
 
     /// The presence store, for [`Hub::with_backends`](roomcast_core::Hub::with_backends).

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use roomcast_core::broker::Health;
 use roomcast_core::presence::{
     ConnPresence, JoinOutcome, LeaveOutcome, Member, NodeInfo, PresenceError, PresenceStats,
-    PresenceStore, RoomPresence, RoomSummary, UserCount, UserPresence,
+    PresenceStore, RoomPresence, RoomSummary, UserCount, UserPresence, UsersPage,
 };
 use roomcast_core::{BoxFuture, ConnId, Envelope, NodeId, Payload, PresenceEvent, PresenceKind};
 
@@ -573,6 +573,67 @@ impl PresenceStore for RedisPresence {
                 online: !conns.is_empty(),
                 connections: conns,
             })
+        })
+    }
+
+    fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<UsersPage, PresenceError>> {
+        let after = after.map(str::to_owned);
+        Box::pin(async move {
+            let s = &self.state.shared;
+            // P:users holds every online user with a connection count; a page
+            // is cut from it sorted, so the cursor is a user id.
+            let counts: HashMap<String, i64> = self
+                .state
+                .query(redis::cmd("HGETALL").arg(s.key("users")))
+                .await?;
+            let mut page: Vec<(String, i64)> = counts
+                .into_iter()
+                .filter(|(u, n)| *n > 0 && after.as_deref().is_none_or(|a| u.as_str() > a))
+                .collect();
+            page.sort();
+            let more = page.len() > limit;
+            page.truncate(limit);
+            // The info of one connection of each user.
+            let mut pipe = redis::pipe();
+            for (u, _) in &page {
+                pipe.cmd("SRANDMEMBER").arg(s.key(&format!("user:{u}")));
+            }
+            let conns: Vec<Option<String>> = if page.is_empty() {
+                Vec::new()
+            } else {
+                self.state.pipe(&pipe).await?
+            };
+            let known: Vec<&str> = conns.iter().flatten().map(String::as_str).collect();
+            let infos: Vec<Option<String>> = if known.is_empty() {
+                Vec::new()
+            } else {
+                self.state
+                    .query(redis::cmd("HMGET").arg(s.key("conn_info")).arg(&known))
+                    .await?
+            };
+            let mut infos = known.into_iter().zip(infos).collect::<HashMap<_, _>>();
+            let users: Vec<UserCount> = page
+                .iter()
+                .zip(&conns)
+                .map(|((u, n), c)| UserCount {
+                    user: Arc::from(u.as_str()),
+                    connections: *n as usize,
+                    info: c
+                        .as_deref()
+                        .and_then(|c| infos.remove(c).flatten())
+                        .and_then(|i| serde_json::from_str(&i).ok()),
+                })
+                .collect();
+            let next = if more {
+                users.last().map(|u| u.user.to_string())
+            } else {
+                None
+            };
+            Ok(UsersPage { users, next })
         })
     }
 

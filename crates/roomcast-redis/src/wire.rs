@@ -21,6 +21,7 @@ enum Kind {
     Leave,
     CloseRoom,
     Disconnect,
+    Bind,
 }
 
 /// The JSON object on the wire. Absent fields are left out.
@@ -173,6 +174,11 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
                 w.code = Some(reason.code);
                 w.reason = Some(Cow::Borrowed(&reason.reason));
             }
+            Command::Bind { conn, user } => {
+                w.k = Kind::Bind;
+                w.conn = Some(conn.0);
+                w.user = Some(Cow::Borrowed(user));
+            }
         },
     }
     serde_json::to_vec(&w).expect("an envelope always serialises")
@@ -266,6 +272,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
                 need(w.code, "disconnect", "code")?,
                 w.reason.as_deref().unwrap_or(""),
             ),
+        }),
+        Kind::Bind => Payload::Command(Command::Bind {
+            conn: ConnId(need(w.conn, "bind", "conn")?),
+            user: need(w.user.as_deref(), "bind", "user")?.to_owned(),
         }),
     };
     Ok(Envelope {
@@ -365,6 +375,10 @@ mod tests {
                 room: "r".into(),
             },
             Command::CloseRoom { room: "r".into() },
+            Command::Bind {
+                conn: ConnId(7),
+                user: "alice".into(),
+            },
             Command::Disconnect {
                 who: Who::User("u".into()),
                 reason: Disconnect::custom(4500, "bye"),

@@ -118,3 +118,20 @@ async fn redis_history_passes_the_shared_suite() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn redis_idempotency_passes_the_shared_suite() {
+    use roomcast_core::idempotency;
+    use std::sync::Mutex;
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut stores = Vec::new();
+    for i in 0..3 {
+        let redis = Redis::start(config(&url, &format!("idem{i}"))).unwrap();
+        redis.connected().await;
+        stores.push(redis.idempotency());
+    }
+    let stores = Mutex::new(stores);
+    idempotency::suite::run(|| stores.lock().unwrap().remove(0)).await;
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -18,11 +18,12 @@ use serde_json::{json, Value};
 
 use roomcast_core::error::{ClusterCommandError, JoinError, LeaveError, PublishError, QueryError};
 use roomcast_core::history::Since;
+use roomcast_core::idempotency::{Claim, IdempotencyError};
 use roomcast_core::room::RoomNameError;
-use roomcast_core::{ConnId, Disconnect, Publication, Target, Who};
+use roomcast_core::{BindOutcome, ConnId, Disconnect, Publication, Target, Who};
 
 use crate::codes::Code;
-use crate::command::{Actor, CommandError, Commands, HubError};
+use crate::command::{Actor, BindFailure, CommandError, Commands, HubError};
 use crate::config::ApiScope;
 
 /// The state of the API routes: the command layer.
@@ -270,9 +271,10 @@ struct PublishBody {
     event: Option<String>,
     data: Option<Box<RawValue>>,
     exclude_conn: Option<String>,
+    idempotency_key: Option<String>,
 }
 
-async fn publish(State(s): Api, Body(b): Body<PublishBody>) -> Result<Json<Value>, ApiError> {
+async fn publish(State(s): Api, Body(b): Body<PublishBody>) -> Result<Response, ApiError> {
     let mut p = Publication::new(
         Target::Room(required("room", b.room)?),
         required("event", b.event)?,
@@ -281,7 +283,7 @@ async fn publish(State(s): Api, Body(b): Body<PublishBody>) -> Result<Json<Value
     if let Some(c) = b.exclude_conn {
         p.exclude = Some(parse_conn("exclude_conn", &c)?);
     }
-    deliver(&s, p).await
+    deliver(&s, p, b.idempotency_key).await
 }
 
 #[derive(Deserialize)]
@@ -289,24 +291,115 @@ async fn publish(State(s): Api, Body(b): Body<PublishBody>) -> Result<Json<Value
 struct BroadcastBody {
     event: Option<String>,
     data: Option<Box<RawValue>>,
+    idempotency_key: Option<String>,
 }
 
-async fn broadcast(State(s): Api, Body(b): Body<BroadcastBody>) -> Result<Json<Value>, ApiError> {
-    deliver(
-        &s,
-        Publication::new(
-            Target::All,
-            required("event", b.event)?,
-            b.data.unwrap_or_else(null),
-        ),
-    )
-    .await
+async fn broadcast(State(s): Api, Body(b): Body<BroadcastBody>) -> Result<Response, ApiError> {
+    let p = Publication::new(
+        Target::All,
+        required("event", b.event)?,
+        b.data.unwrap_or_else(null),
+    );
+    deliver(&s, p, b.idempotency_key).await
 }
+
+/// The longest idempotency key, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The header on an answer that a repeat of an idempotent request got.
+const REPLAYED: &str = "idempotent-replayed";
 
 /// Publishes and answers with the number of local connections reached.
-async fn deliver(s: &Commands, p: Publication) -> Result<Json<Value>, ApiError> {
-    let n = s.publish(Actor::Server, p, true).await?;
-    Ok(Json(json!({ "delivered": n })))
+///
+/// With an idempotency key, only the first request of the key within
+/// `api.idempotency_window_ms` publishes; its repeats (on any node) get its
+/// answer with `Idempotent-Replayed: true`. A repeat while the first is
+/// still being carried out is 409 `idempotency_in_progress`, and the same
+/// key on another request 422 `idempotency_key_reused`.
+async fn deliver(s: &Commands, p: Publication, key: Option<String>) -> Result<Response, ApiError> {
+    let Some(key) = key else {
+        let n = s.publish(Actor::Server, p, true).await?;
+        return Ok(Json(json!({ "delivered": n })).into_response());
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            Code::BAD_REQUEST,
+            "idempotency_key",
+            format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes without control characters"),
+        ));
+    }
+    let fingerprint = fingerprint(&p);
+    let window = std::time::Duration::from_millis(s.config.api.idempotency_window_ms.max(1));
+    let store = &s.idempotency;
+    let unavailable = |e: IdempotencyError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::BACKEND_UNAVAILABLE,
+            e,
+        )
+    };
+    match store
+        .claim(&key, &fingerprint, window)
+        .await
+        .map_err(unavailable)?
+    {
+        Claim::New => {}
+        Claim::Done(answer) => {
+            let body: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+            return Ok(([(REPLAYED, "true")], Json(body)).into_response());
+        }
+        Claim::Pending => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                Code::IDEMPOTENCY_IN_PROGRESS,
+                "a request with this idempotency_key is being carried out: retry later",
+            ))
+        }
+        Claim::Mismatch => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Code::IDEMPOTENCY_KEY_REUSED,
+                "this idempotency_key was used for a different request",
+            ))
+        }
+    }
+    match s.publish(Actor::Server, p, true).await {
+        Ok(n) => {
+            let body = json!({ "delivered": n });
+            if let Err(e) = store
+                .complete(&key, &fingerprint, &body.to_string(), window)
+                .await
+            {
+                tracing::warn!(error = %e, "an idempotent publish's answer was not recorded");
+            }
+            Ok(Json(body).into_response())
+        }
+        Err(e) => {
+            // Not published: a retry with the key may run.
+            let _ = store.release(&key).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// A stable digest of what a publication asks for (FNV-1a, 64 bits), so
+/// that every node, of any version, computes the same for the same request.
+fn fingerprint(p: &Publication) -> String {
+    let target = match &p.target {
+        Target::Room(r) => format!("room\0{r}"),
+        Target::User(u) => format!("user\0{u}"),
+        Target::Conn(c) => format!("conn\0{c}"),
+        Target::All => "all".to_owned(),
+    };
+    let exclude = p.exclude.map(|c| c.to_string()).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [target.as_str(), &p.event, p.data.get(), &exclude] {
+        for b in part.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
 }
 
 #[derive(Deserialize)]
@@ -316,22 +409,20 @@ struct SendBody {
     conn: Option<String>,
     event: Option<String>,
     data: Option<Box<RawValue>>,
+    idempotency_key: Option<String>,
 }
 
-async fn send(State(s): Api, Body(b): Body<SendBody>) -> Result<Json<Value>, ApiError> {
+async fn send(State(s): Api, Body(b): Body<SendBody>) -> Result<Response, ApiError> {
     let target = match who(b.user, b.conn)? {
         Who::User(u) => Target::User(u),
         Who::Conn(c) => Target::Conn(c),
     };
-    deliver(
-        &s,
-        Publication::new(
-            target,
-            required("event", b.event)?,
-            b.data.unwrap_or_else(null),
-        ),
-    )
-    .await
+    let p = Publication::new(
+        target,
+        required("event", b.event)?,
+        b.data.unwrap_or_else(null),
+    );
+    deliver(&s, p, b.idempotency_key).await
 }
 
 #[derive(Deserialize)]
@@ -513,6 +604,68 @@ async fn user(State(s): Api, Path(user): Path<String>) -> Result<Json<Value>, Ap
     Ok(Json(
         json!({ "user": user, "online": p.online, "connections": p.connections }),
     ))
+}
+
+/// The most users one `GET /api/users` page holds.
+const MAX_USERS_LIMIT: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/users?limit=L&cursor=C`: online users of the cluster, sorted by
+/// id, `limit` (default 100) at a time; `next_cursor` asks for the next page.
+async fn users(State(s): Api, Query(q): Query<UsersQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n @ 1..=MAX_USERS_LIMIT)) => n,
+        Some(_) => {
+            return Err(ApiError::field(
+                Code::BAD_REQUEST,
+                "limit",
+                format!("limit must be between 1 and {MAX_USERS_LIMIT}"),
+            ))
+        }
+    };
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    let page = s.hub.users(cursor.as_deref(), limit).await?;
+    Ok(Json(
+        json!({ "users": page.users, "next_cursor": page.next }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindBody {
+    conn: Option<String>,
+    user: Option<String>,
+}
+
+/// `POST /api/bind`: an anonymous connection becomes the user's.
+async fn bind(State(s): Api, Body(b): Body<BindBody>) -> Result<Json<Value>, ApiError> {
+    let conn = parse_conn("conn", &required("conn", b.conn)?)?;
+    let user = required("user", b.user)?;
+    let outcome = s.bind(conn, &user).await.map_err(|f| {
+        let status = match f {
+            BindFailure::InvalidUser => {
+                return ApiError::field(f.code(), "user", f);
+            }
+            BindFailure::NoConnection(_) => StatusCode::NOT_FOUND,
+            BindFailure::OtherUser | BindFailure::TooManyConnections | BindFailure::Closed => {
+                StatusCode::CONFLICT
+            }
+            BindFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, f.code(), f)
+    })?;
+    Ok(Json(json!({
+        "conn": conn.to_string(),
+        "user": user,
+        "bound": outcome != BindOutcome::Already,
+    })))
 }
 
 async fn connection(State(s): Api, Path(conn): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -720,6 +873,8 @@ pub(crate) fn routes(s: Arc<Commands>) -> Router {
         .route("/presence/{room}", get(presence))
         .route("/history/{room}", get(history).delete(delete_history))
         .route("/rooms", get(rooms))
+        .route("/bind", post(bind))
+        .route("/users", get(users))
         .route("/users/{user}", get(user))
         .route("/connections/{conn}", get(connection))
         .route("/stats", get(stats))

@@ -141,6 +141,11 @@ pub enum Action {
         /// The room.
         room: String,
     },
+    /// Bind a user to the calling connection, which has none (a login event).
+    Bind {
+        /// The user id.
+        user: String,
+    },
     /// Merge into the calling connection's session data.
     Session {
         /// Keys to set (null removes).

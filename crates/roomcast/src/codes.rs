@@ -50,7 +50,7 @@ codes! {
     BINARY_NOT_SUPPORTED = "binary_not_supported", NATIVE, "A binary frame on the native protocol.";
     INVALID_ROOM = "invalid_room", NATIVE | HTTP, "A malformed room name.";
     INVALID_EVENT = "invalid_event", NATIVE | HTTP, "A malformed event name.";
-    INVALID_USER = "invalid_user", NATIVE, "A malformed user id.";
+    INVALID_USER = "invalid_user", CLIENTS | HTTP, "A malformed user id.";
     INVALID_CONN = "invalid_conn", HTTP, "A malformed connection id.";
     TOO_MANY_ROOMS = "too_many_rooms", NATIVE, "The connection is in `limits.max_rooms_per_connection` rooms.";
     ROOM_FULL = "room_full", NATIVE, "The room allows no more members.";
@@ -66,7 +66,9 @@ codes! {
     ALREADY_AUTHENTICATED = "already_authenticated", NATIVE, "A second `auth` on one connection.";
     AUTH_AFTER_JOIN = "auth_after_join", NATIVE, "`auth` after joining rooms.";
     AUTH_FAILED = "auth_failed", CLIENTS, "The credentials were refused.";
-    TOO_MANY_CONNECTIONS = "too_many_connections", SOCKETIO, "A Socket.IO CONNECT over `limits.max_connections_per_user` (native connections are closed with 4505).";
+    ALREADY_BOUND = "already_bound", CLIENTS | HTTP, "A `bind` (backend action or `POST /api/bind`) of a connection that is another user's.";
+    NO_CONNECTION = "no_connection", HTTP, "`POST /api/bind` of a connection that is not open.";
+    TOO_MANY_CONNECTIONS = "too_many_connections", CLIENTS | HTTP, "Over `limits.max_connections_per_user`: a Socket.IO CONNECT (native connections are closed with 4505), or a `bind`.";
     SESSION_TOO_LARGE = "session_too_large", NATIVE, "The session data would pass `limits.max_session_bytes`.";
     BACKEND_UNAVAILABLE = "backend_unavailable", CLIENTS | HTTP, "The broker, presence or history store could not be reached.";
     NO_HISTORY = "no_history", NATIVE | HTTP, "The room keeps no history.";
@@ -81,6 +83,8 @@ codes! {
     NOT_FOUND = "not_found", HTTP, "No such endpoint.";
     METHOD_NOT_ALLOWED = "method_not_allowed", HTTP, "The endpoint does not take this method.";
     BODY_TOO_LARGE = "body_too_large", HTTP, "The body is over `api.max_body_bytes`.";
+    IDEMPOTENCY_IN_PROGRESS = "idempotency_in_progress", HTTP, "A request with this `idempotency_key` is still being carried out; retry.";
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused", HTTP, "The `idempotency_key` was used for a different request within the window.";
     INTERNAL_ERROR = "internal_error", HTTP, "An internal error.";
     SHUTTING_DOWN = "shutting_down", HANDSHAKE, "The server is draining before it stops.";
     SERVER_FULL = "server_full", HANDSHAKE, "The node holds `limits.max_connections` connections.";

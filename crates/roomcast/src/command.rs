@@ -14,10 +14,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use roomcast_core::error::BindError;
 use roomcast_core::error::{AuthError, JoinError, LeaveError, PublishError, QueryError};
 use roomcast_core::history::Since;
 use roomcast_core::presence::RoomPresence;
-use roomcast_core::{Connection, Disconnect, Frame, Hub, Publication, Recovery, Target, Who};
+use roomcast_core::{
+    BindOutcome, ConnId, Connection, Disconnect, Frame, Hub, Publication, Recovery, Target, Who,
+};
 
 use crate::access::{Access, ClientState};
 use crate::auth::{AuthFailure, Authenticator, Credentials, Handshake};
@@ -36,6 +39,8 @@ pub(crate) struct Commands {
     pub metrics: Arc<ServerMetrics>,
     /// The bridge to Django Channels' layer, with `[channels]`.
     pub channels: Option<crate::channels::Layer>,
+    /// The HTTP API's idempotency keys (shared by the cluster on Redis).
+    pub idempotency: Arc<dyn roomcast_core::idempotency::IdempotencyStore>,
 }
 
 /// The client connection a command comes from.
@@ -110,6 +115,43 @@ impl From<CommandError> for Refusal {
     }
 }
 
+/// Why a user was not bound to a connection ([`Commands::bind`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BindFailure {
+    #[error("user id must be 1 to 200 bytes without control characters")]
+    InvalidUser,
+    #[error("no open connection {0}")]
+    NoConnection(ConnId),
+    #[error("the connection is another user's: a connection is bound once")]
+    OtherUser,
+    #[error("the user has limits.max_connections_per_user connections already")]
+    TooManyConnections,
+    #[error("the connection is closing")]
+    Closed,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl BindFailure {
+    /// Its client-visible code.
+    pub(crate) fn code(&self) -> Code {
+        match self {
+            BindFailure::InvalidUser => Code::INVALID_USER,
+            BindFailure::NoConnection(_) => Code::NO_CONNECTION,
+            BindFailure::OtherUser => Code::ALREADY_BOUND,
+            BindFailure::TooManyConnections => Code::TOO_MANY_CONNECTIONS,
+            BindFailure::Closed => Code::CLOSED,
+            BindFailure::Unavailable(_) => Code::BACKEND_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<BindFailure> for Refusal {
+    fn from(f: BindFailure) -> Self {
+        Refusal::new(f.code(), f)
+    }
+}
+
 /// What a successful `auth` did.
 pub(crate) enum Bound {
     /// The connection is the user now (`None`: anonymous, as the credentials said).
@@ -159,6 +201,46 @@ impl Commands {
             .await
             .map_err(|f| f.disconnect())?;
         self.access.admit(c.conn, c.state, identity).await
+    }
+
+    /// Binds `user` to the connection `conn`, on whichever node it is: a
+    /// backend's `bind` action for its calling connection, or `POST /api/bind`.
+    /// The connection must have no user or this one; the per-user cap
+    /// applies. A `connect` webhook with the user follows, as for a late `auth`.
+    pub(crate) async fn bind(&self, conn: ConnId, user: &str) -> Result<BindOutcome, BindFailure> {
+        if !roomcast_core::valid_user(user) {
+            return Err(BindFailure::InvalidUser);
+        }
+        let unavailable = |e: &dyn std::fmt::Display| BindFailure::Unavailable(e.to_string());
+        let info = self
+            .hub
+            .connection_info(conn)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or(BindFailure::NoConnection(conn))?;
+        match info.user.as_deref() {
+            Some(u) if u == user => return Ok(BindOutcome::Already),
+            Some(_) => return Err(BindFailure::OtherUser),
+            None => {}
+        }
+        let _admitting = self
+            .access
+            .under_user_cap(&self.hub, user)
+            .await
+            .map_err(|()| BindFailure::TooManyConnections)?;
+        let outcome = self.hub.bind(conn, user).await.map_err(|e| match e {
+            BindError::NotFound => BindFailure::NoConnection(conn),
+            BindError::Auth(AuthError::AlreadyAuthenticated) => BindFailure::OtherUser,
+            BindError::Auth(AuthError::InvalidUser) => BindFailure::InvalidUser,
+            BindError::Auth(AuthError::Closed) => BindFailure::Closed,
+            e => unavailable(&e),
+        })?;
+        if outcome != BindOutcome::Already {
+            if let Some(b) = &self.backend {
+                b.webhook("connect", conn, Some(user), None, None);
+            }
+        }
+        Ok(outcome)
     }
 
     /// Joins the rooms an identity granted; those that cannot be joined are
@@ -425,6 +507,11 @@ impl Commands {
                     }
                     Err(e) => Err(e.to_string()),
                 },
+                Action::Bind { user } => {
+                    // Its own code (already_bound, too_many_connections), not action_failed.
+                    self.bind(conn.id(), &user).await?;
+                    Ok(())
+                }
                 Action::Session { data } => c
                     .state
                     .merge_server_session(conn, data)

@@ -13,6 +13,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use roomcast_core::idempotency::{IdempotencyStore, MemoryIdempotency};
 use roomcast_core::{Disconnect, Hub};
 
 use crate::access::Access;
@@ -82,6 +83,7 @@ impl Server {
     /// Like [`new`](Server::new), returning configuration errors.
     pub fn try_new(config: Config) -> Result<Server, StartError> {
         let channels = crate::channels::layer(&config)?;
+        let mut idempotency: Option<Arc<dyn IdempotencyStore>> = None;
         let hub = if config.broker.url.is_empty() {
             let (broker, history) = crate::channels::wrap(
                 channels.as_ref(),
@@ -97,13 +99,15 @@ impl Server {
                 history,
             )
         } else {
-            redis_hub(&config, channels.as_ref())?
+            let (hub, store) = redis_hub(&config, channels.as_ref())?;
+            idempotency = Some(store);
+            hub
         };
         if let Some(layer) = &channels {
             crate::channels::attach(layer, &hub);
         }
         let clustered = !config.broker.url.is_empty();
-        let server = Server::build(config, hub, None, channels)?;
+        let server = Server::build(config, hub, None, channels, idempotency)?;
         if let (true, Some(io)) = (clustered, server.socketio()) {
             let c = &server.config().socketio;
             let timeout = Duration::from_millis(c.ping_interval_ms + c.ping_timeout_ms + 10_000);
@@ -127,7 +131,7 @@ impl Server {
 
     /// Like [`with_hub`](Server::with_hub), returning configuration errors.
     pub fn try_with_hub(config: Config, hub: Hub) -> Result<Server, StartError> {
-        Server::build(config, hub, None, None)
+        Server::build(config, hub, None, None, None)
     }
 
     /// A server around `hub` whose connections are authenticated by `auth`
@@ -140,7 +144,7 @@ impl Server {
         hub: Hub,
         auth: Arc<dyn Authenticator>,
     ) -> Result<Server, StartError> {
-        Server::build(config, hub, Some(auth), None)
+        Server::build(config, hub, Some(auth), None, None)
     }
 
     fn build(
@@ -148,6 +152,7 @@ impl Server {
         hub: Hub,
         auth: Option<Arc<dyn Authenticator>>,
         channels: Option<crate::channels::Layer>,
+        idempotency: Option<Arc<dyn IdempotencyStore>>,
     ) -> Result<Server, StartError> {
         let p = &config.proxy;
         let backend = [&p.connect_url, &p.subscribe_url, &p.rpc_url, &p.webhook_url]
@@ -175,6 +180,7 @@ impl Server {
             backend,
             metrics: metrics.clone(),
             channels,
+            idempotency: idempotency.unwrap_or_else(|| Arc::new(MemoryIdempotency::new())),
         });
         let socketio = config
             .socketio
@@ -361,7 +367,7 @@ impl Server {
 fn redis_hub(
     config: &Config,
     channels: Option<&crate::channels::Layer>,
-) -> Result<Hub, StartError> {
+) -> Result<(Hub, Arc<dyn IdempotencyStore>), StartError> {
     let b = &config.broker;
     let mut rc = roomcast_redis::RedisConfig::new(&b.url);
     rc.prefix = b.prefix.clone();
@@ -394,14 +400,14 @@ fn redis_hub(
         );
     }
     tracing::info!(url = %b.url, node = %hub.node(), emitters = %b.emitters, "using the redis broker");
-    Ok(hub)
+    Ok((hub, Arc::new(redis.idempotency())))
 }
 
 #[cfg(not(feature = "redis"))]
 fn redis_hub(
     _config: &Config,
     _channels: Option<&crate::channels::Layer>,
-) -> Result<Hub, StartError> {
+) -> Result<(Hub, Arc<dyn IdempotencyStore>), StartError> {
     Err(StartError::NoRedis)
 }
 

@@ -63,7 +63,7 @@ async fn many_clients_in_many_rooms_get_exactly_their_rooms_messages() {
 #[tokio::test]
 async fn a_user_with_two_connections() {
     let mut cfg = config();
-    cfg.client.send = true;
+    cfg.client.send = roomcast::config::Permit::Allow;
     let srv = start(cfg).await;
     let mut tab1 = srv.user("alice").await;
     let mut tab2 = srv.user("alice").await;
@@ -141,7 +141,7 @@ async fn presence_events_follow_first_join_and_last_leave() {
 #[tokio::test]
 async fn exclude_self_and_broadcast() {
     let mut cfg = config();
-    cfg.client.broadcast = true;
+    cfg.client.broadcast = roomcast::config::Permit::Allow;
     let srv = start(cfg).await;
     let mut a = srv.client().await;
     a.welcome().await;

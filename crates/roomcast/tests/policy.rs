@@ -231,6 +231,9 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
 async fn publish_rules_and_client_send_and_broadcast() {
     let mut cfg = config();
     cfg.socketio.builtin_events = true;
+    // Open mode allows both unless the config says otherwise.
+    cfg.client.send = roomcast::config::Permit::Deny;
+    cfg.client.broadcast = roomcast::config::Permit::Deny;
     cfg.rooms = rules(json!([
         {"pattern": "announce:*", "publish": "none"},
         {"pattern": "open:*", "publish": "anyone"},
@@ -992,4 +995,49 @@ async fn api_keys_have_scopes() {
         1.0
     );
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn client_send_and_broadcast_follow_the_auth_mode_unless_set() {
+    // Open mode: on by default.
+    let srv = start(config()).await;
+    let mut alice = srv.user("alice").await;
+    let mut bob = srv.user("bob").await;
+    let r = alice
+        .request(json!({"type": "send", "user": "bob", "event": "dm", "data": 1}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    assert_eq!(bob.recv_type("message").await["data"], 1);
+    let r = alice
+        .request(json!({"type": "broadcast", "event": "all", "data": 2}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    assert_eq!(bob.recv_type("message").await["data"], 2);
+    srv.stop().await;
+
+    // Token mode: off by default, on when set.
+    for (permit, allowed) in [
+        (roomcast::config::Permit::Auto, false),
+        (roomcast::config::Permit::Allow, true),
+    ] {
+        let mut cfg = config();
+        cfg.auth.mode = roomcast::config::AuthMode::Token;
+        cfg.auth.jwt.secret = SECRET.to_owned();
+        cfg.client.send = permit;
+        let srv = start(cfg).await;
+        let mut alice = with_token(&srv, json!({"sub": "alice"}), &[]).await;
+        let r = alice
+            .request(json!({"type": "send", "user": "bob", "event": "dm", "data": 1}))
+            .await;
+        if allowed {
+            assert_eq!(r["type"], "ack", "{r}");
+        } else {
+            assert_eq!(code(&r), "forbidden");
+        }
+        let r = alice
+            .request(json!({"type": "broadcast", "event": "all", "data": 2}))
+            .await;
+        assert_eq!(code(&r), "forbidden");
+        srv.stop().await;
+    }
 }

@@ -1,15 +1,15 @@
-//! Server-side commands (join, leave, close a room, disconnect) addressed to
+//! Server-side commands (join, leave, close a room, disconnect, bind) addressed to
 //! a connection or a user: applied to this node's connections and sent to
 //! the nodes that may hold others.
 
 use std::sync::Arc;
 
-use crate::error::ClusterCommandError;
+use crate::error::{AuthError, BindError, ClusterCommandError};
 use crate::room::validate_room_name;
-use crate::{Command, Disconnect, Payload, Who};
+use crate::{Command, ConnId, Disconnect, Payload, Who};
 
 use super::state::ConnState;
-use super::Hub;
+use super::{valid_user, Hub};
 
 impl Hub {
     /// Applies a server-side command to local connections; returns how many it affected.
@@ -54,6 +54,19 @@ impl Hub {
                 .iter()
                 .filter(|c| c.outbox.close(reason.clone()))
                 .count(),
+            Command::Bind { conn, user } => {
+                let mut n = 0;
+                for c in self.local_conns(&Who::Conn(*conn)) {
+                    match self.bind_user(&c, user).await {
+                        Ok(true) => n += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::info!(conn = %conn, %user, error = %e, "bind not applied")
+                        }
+                    }
+                }
+                n
+            }
         }
     }
 
@@ -71,6 +84,7 @@ impl Hub {
                 matches!(who, Who::Conn(c) if c.node() == self.inner.node)
             }
             Command::CloseRoom { .. } => false,
+            Command::Bind { conn, .. } => conn.node() == self.inner.node,
         };
         if !local_only {
             self.to_other_nodes(Payload::Command(cmd)).await?;
@@ -120,4 +134,41 @@ impl Hub {
     ) -> Result<usize, crate::broker::BrokerError> {
         self.run_command(Command::Disconnect { who, reason }).await
     }
+
+    /// Binds `user` to the connection `conn`, which has none yet, on whichever
+    /// node holds it. Here the answer is exact; a connection of another node
+    /// is sent the command, and `Forwarded` says so.
+    pub async fn bind(&self, conn: ConnId, user: &str) -> Result<BindOutcome, BindError> {
+        if !valid_user(user) {
+            return Err(BindError::Auth(AuthError::InvalidUser));
+        }
+        if conn.node() == self.inner.node {
+            let Some(c) = self.local_conns(&Who::Conn(conn)).into_iter().next() else {
+                return Err(BindError::NotFound);
+            };
+            return match self.bind_user(&c, user).await {
+                Ok(true) => Ok(BindOutcome::Bound),
+                Ok(false) => Ok(BindOutcome::Already),
+                Err(e) => Err(BindError::Auth(e)),
+            };
+        }
+        self.to_other_nodes(Payload::Command(Command::Bind {
+            conn,
+            user: user.to_owned(),
+        }))
+        .await
+        .map_err(BindError::Broker)?;
+        Ok(BindOutcome::Forwarded)
+    }
+}
+
+/// What [`Hub::bind`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindOutcome {
+    /// The connection is now the user's.
+    Bound,
+    /// It was the user's already.
+    Already,
+    /// The connection is on another node, which was sent the command.
+    Forwarded,
 }

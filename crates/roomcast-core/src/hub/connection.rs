@@ -107,6 +107,14 @@ impl Connection {
         Ok(())
     }
 
+    /// Binds a user to a connection that has none, also after it joined rooms
+    /// (unlike [`authenticate`](Connection::authenticate)): presence, sends to
+    /// the user and its rooms then count it as the user's. `Ok(false)`: it was
+    /// that user's already; another user is [`AuthError::AlreadyAuthenticated`].
+    pub async fn bind(&self, user: &str) -> Result<bool, AuthError> {
+        self.hub.bind_user(&self.state, user).await
+    }
+
     /// Joins a room. Returns false if the connection was in it already.
     pub async fn join(&self, room: &str) -> Result<bool, JoinError> {
         self.hub.join_room(&self.state, room, false).await

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use crate::error::{JoinError, LeaveError};
+use crate::error::{AuthError, JoinError, LeaveError};
 use crate::history::Since;
 use crate::room::validate_room_name;
 use crate::{ConnId, Payload, PresenceEvent, PresenceKind};
 
 use super::state::ConnState;
-use super::Hub;
+use super::{valid_user, Hub};
 
 impl Hub {
     pub(super) async fn join_room(
@@ -171,6 +171,57 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Binds `user` to a connection that has none, also after it joined rooms
+    /// (a login event, `POST /api/bind`): the user index and the broker's user
+    /// subscription, then presence, the connection's and each of its rooms',
+    /// with the join event of the user's first connection in a room.
+    /// `Ok(false)`: it was that user's already.
+    pub(super) async fn bind_user(
+        &self,
+        c: &Arc<ConnState>,
+        user: &str,
+    ) -> Result<bool, AuthError> {
+        if !valid_user(user) {
+            return Err(AuthError::InvalidUser);
+        }
+        let user: Arc<str> = Arc::from(user);
+        let (first, rooms) = {
+            let mut meta = c.meta();
+            if meta.closed {
+                return Err(AuthError::Closed);
+            }
+            match &meta.user {
+                Some(u) if **u == *user => return Ok(false),
+                Some(_) => return Err(AuthError::AlreadyAuthenticated),
+                None => {}
+            }
+            meta.user = Some(user.clone());
+            (self.insert_user(&user, c), meta.rooms.clone())
+        };
+        self.subscribe_if_first(&user, first).await;
+        let member = self.member_of(c);
+        self.inner
+            .presence
+            .connect(&member)
+            .await
+            .inspect_err(|e| self.backend_error(e))?;
+        for room in rooms {
+            let outcome = self
+                .inner
+                .presence
+                .join(&room, &member)
+                .await
+                .inspect_err(|e| self.backend_error(e))?;
+            if outcome.first_for_user && self.inner.config.rooms.for_room(&room).announces_members()
+            {
+                self.presence_event(&room, PresenceKind::Join, user.clone(), c.id)
+                    .await;
+            }
+        }
+        c.changed.notify_one();
+        Ok(true)
     }
 
     pub(super) async fn presence_event(

@@ -37,6 +37,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use commands::BindOutcome;
 pub use config::{HubConfig, HubMetrics};
 pub use connection::Connection;
 pub use recovery::Recovery;

@@ -65,6 +65,16 @@ impl Hub {
         Ok(self.inner.presence.user(user).await?)
     }
 
+    /// Online users of the cluster, sorted by id, a page at a time: at most
+    /// `limit` after the user id `after`.
+    pub async fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::presence::UsersPage, QueryError> {
+        Ok(self.inner.presence.users(after, limit).await?)
+    }
+
     /// The live nodes of the cluster, as the presence store knows them.
     pub async fn nodes(&self) -> Result<Vec<crate::presence::NodeInfo>, QueryError> {
         Ok(self.inner.presence.nodes().await?)

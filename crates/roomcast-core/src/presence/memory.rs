@@ -201,6 +201,43 @@ impl PresenceStore for MemoryPresence {
         ready(out)
     }
 
+    fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<UsersPage, PresenceError>> {
+        let out = self.with(|s| {
+            let mut ids: Vec<&Arc<str>> = s
+                .users
+                .iter()
+                .filter(|(u, conns)| !conns.is_empty() && after.is_none_or(|a| &***u > a))
+                .map(|(u, _)| u)
+                .collect();
+            ids.sort();
+            let more = ids.len() > limit;
+            ids.truncate(limit);
+            let users: Vec<UserCount> = ids
+                .into_iter()
+                .map(|u| {
+                    let conns = &s.users[u];
+                    let info = conns
+                        .iter()
+                        .find_map(|c| s.conns.get(c).and_then(|c| c.info.as_ref()));
+                    UserCount {
+                        user: u.clone(),
+                        connections: conns.len(),
+                        info: info.and_then(|i| serde_json::from_str(i).ok()),
+                    }
+                })
+                .collect();
+            let next = more
+                .then(|| users.last().map(|u| u.user.to_string()))
+                .flatten();
+            UsersPage { users, next }
+        });
+        ready(out)
+    }
+
     fn rooms(&self) -> BoxFuture<'_, Result<Vec<RoomSummary>, PresenceError>> {
         let mut out = self.with(|s| {
             s.rooms

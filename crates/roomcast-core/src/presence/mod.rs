@@ -84,6 +84,16 @@ pub struct UserCount {
     pub info: Option<serde_json::Value>,
 }
 
+/// One page of the online users of the cluster ([`PresenceStore::users`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct UsersPage {
+    /// Users sorted by id: their connection counts (all of them, cluster-wide)
+    /// and the `info` of one of their connections.
+    pub users: Vec<UserCount>,
+    /// The last user id of this page when there are more: pass it as `after`.
+    pub next: Option<String>,
+}
+
 /// Who is in a room.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct RoomPresence {
@@ -171,6 +181,13 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn rooms(&self) -> BoxFuture<'_, Result<Vec<RoomSummary>, PresenceError>>;
     /// Where a user is connected.
     fn user(&self, user: &str) -> BoxFuture<'_, Result<UserPresence, PresenceError>>;
+    /// Online users (with a connection anywhere), sorted by id: at most
+    /// `limit` of those whose id sorts after `after`.
+    fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<UsersPage, PresenceError>>;
     /// One connection.
     fn connection(
         &self,
@@ -214,6 +231,42 @@ pub mod suite {
         disconnect_leaves_every_room(make()).await;
         anonymous_members_are_counted(make()).await;
         info_is_shown_per_user(make()).await;
+        users_are_listed_in_pages(make()).await;
+    }
+
+    async fn users_are_listed_in_pages(s: impl PresenceStore) {
+        let mut carol = member(4, Some("carol"));
+        carol.info = Some(Arc::from(r#"{"name":"Carol"}"#));
+        for m in [
+            member(1, Some("bob")),
+            member(2, Some("alice")),
+            member(3, Some("alice")),
+            carol,
+            member(5, None),
+        ] {
+            s.connect(&m).await.unwrap();
+        }
+        let first = s.users(None, 2).await.unwrap();
+        let listed = |p: &UsersPage| {
+            p.users
+                .iter()
+                .map(|u| (u.user.to_string(), u.connections))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(listed(&first), [("alice".into(), 2), ("bob".into(), 1)]);
+        assert_eq!(first.next.as_deref(), Some("bob"));
+        let second = s.users(first.next.as_deref(), 2).await.unwrap();
+        assert_eq!(listed(&second), [("carol".into(), 1)]);
+        assert_eq!(
+            second.users[0].info,
+            Some(serde_json::json!({"name": "Carol"}))
+        );
+        assert_eq!(second.next, None);
+        // Gone when their last connection is.
+        s.disconnect(ConnId(1)).await.unwrap();
+        s.disconnect(ConnId(2)).await.unwrap();
+        let all = s.users(None, 10).await.unwrap();
+        assert_eq!(listed(&all), [("alice".into(), 1), ("carol".into(), 1)]);
     }
 
     async fn info_is_shown_per_user(s: impl PresenceStore) {

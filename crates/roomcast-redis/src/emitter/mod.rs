@@ -250,7 +250,14 @@ async fn apply(hub: &roomcast_core::Hub, cmd: EmitterCommand) -> Result<usize, S
                 args.pop().unwrap_or_default()
             };
             let data = serde_json::value::to_raw_value(&value).map_err(|e| e.to_string())?;
-            let mut p = Publication::new(Target::All, event, data);
+            // The selection picks the recipients; the target is what their
+            // frames say: the room of an emit to one room, as for any room
+            // publication (an emit to several rooms names none).
+            let target = match selector.rooms.as_slice() {
+                [room] => Target::Room(room.clone()),
+                _ => Target::All,
+            };
+            let mut p = Publication::new(target, event, data);
             p.spread = spread;
             hub.publish_selected(&selection(selector), p)
         }

@@ -46,8 +46,8 @@ impl Access {
     ) -> Access {
         Access {
             rules: RoomRules::new(config.rooms.clone()),
-            send: config.client.send,
-            broadcast: config.client.broadcast,
+            send: config.client.send.allows(config.auth.mode),
+            broadcast: config.client.broadcast.allows(config.auth.mode),
             anonymous: config.auth.allows_anonymous(),
             rate: config.limits.message_rate,
             burst: config.limits.message_burst.max(1),
@@ -129,25 +129,10 @@ impl Access {
         }
         if let Some(user) = &identity.user {
             // Held until the user is bound: the count and the binding are one step.
-            let _admitting = if self.max_per_user > 0 {
-                let guard = self.admitting[shard_of(user, self.admitting.len())]
-                    .lock()
-                    .await;
-                let open = conn
-                    .hub()
-                    .user_presence(user)
-                    .await
-                    .map(|p| p.connections.len())
-                    .unwrap_or(0);
-                if open >= self.max_per_user {
-                    self.metrics.denied("connect");
-                    tracing::info!(%user, open, "refused: too many connections for this user");
-                    return Err(Disconnect::TOO_MANY_CONNECTIONS);
-                }
-                Some(guard)
-            } else {
-                None
-            };
+            let _admitting = self
+                .under_user_cap(conn.hub(), user)
+                .await
+                .map_err(|()| Disconnect::TOO_MANY_CONNECTIONS)?;
             conn.authenticate(user)
                 .await
                 .map_err(|e| Disconnect::custom(Disconnect::AUTH_FAILED.code, e.to_string()))?;
@@ -169,6 +154,33 @@ impl Access {
         // `connect` is posted before the joins it causes.
         self.webhook("connect", conn, None, None);
         Ok(identity.rooms)
+    }
+
+    /// Checks `limits.max_connections_per_user` for one more connection of
+    /// `user`; `Err` when it has that many. Hold the guard until the
+    /// connection is bound: the count and the binding are one step.
+    pub(crate) async fn under_user_cap(
+        &self,
+        hub: &roomcast_core::Hub,
+        user: &str,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ()> {
+        if self.max_per_user == 0 {
+            return Ok(None);
+        }
+        let guard = self.admitting[shard_of(user, self.admitting.len())]
+            .lock()
+            .await;
+        let open = hub
+            .user_presence(user)
+            .await
+            .map(|p| p.connections.len())
+            .unwrap_or(0);
+        if open >= self.max_per_user {
+            self.metrics.denied("connect");
+            tracing::info!(%user, open, "refused: too many connections for this user");
+            return Err(());
+        }
+        Ok(Some(guard))
     }
 
     /// Joins the rooms the credentials listed; those that cannot be joined
@@ -323,7 +335,7 @@ impl Access {
                 "send",
                 Refusal::new(
                     Code::FORBIDDEN,
-                    "clients may not send to users (client.send = false)",
+                    "clients may not send to users (client.send; allowed by default in open mode only)",
                 ),
             ));
         }
@@ -338,7 +350,7 @@ impl Access {
                 "broadcast",
                 Refusal::new(
                     Code::FORBIDDEN,
-                    "clients may not broadcast (client.broadcast = false)",
+                    "clients may not broadcast (client.broadcast; allowed by default in open mode only)",
                 ),
             ));
         }

@@ -115,6 +115,9 @@ pub struct ApiConfig {
     /// More keys, each with a scope: `[{key = "...", scope = "publish"}]`;
     /// `publish` keys may only publish, broadcast and send. Default: none.
     pub keys: Vec<ApiKey>,
+    /// How long an `idempotency_key` of `/api/publish`, `/api/send` and
+    /// `/api/broadcast` is remembered, in milliseconds. Default: 300000 (5 min).
+    pub idempotency_window_ms: u64,
 }
 
 /// What an API key may do.
@@ -143,6 +146,7 @@ impl Default for ApiConfig {
             key: String::new(),
             max_body_bytes: 1 << 20,
             keys: Vec::new(),
+            idempotency_window_ms: 300_000,
         }
     }
 }
@@ -178,20 +182,38 @@ impl AuthMode {
     }
 }
 
-/// Whether a connection may act without a user id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A permission that follows the auth mode unless set: `auto`, `allow`
+/// (`true`) or `deny` (`false`). `auth.anonymous`, `client.send` and
+/// `client.broadcast` are one each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Anonymous {
+pub enum Permit {
     /// Allowed in `open` mode, refused in `token` and `proxy` modes.
+    #[default]
     Auto,
-    /// Allowed: a connection may use rooms before (or without) authenticating.
+    /// Allowed.
     Allow,
-    /// Refused: only `auth` and `ping` work until the connection authenticates,
-    /// and it is closed (4501) if it has not after `auth.timeout_ms`.
+    /// Refused.
     Deny,
 }
 
-impl<'de> Deserialize<'de> for Anonymous {
+/// Whether a connection may act without a user id. Refused: only `auth` and
+/// `ping` work until the connection authenticates, and it is closed (4501)
+/// if it has not after `auth.timeout_ms`.
+pub type Anonymous = Permit;
+
+impl Permit {
+    /// Whether it allows, in auth mode `mode`.
+    pub fn allows(self, mode: AuthMode) -> bool {
+        match self {
+            Permit::Auto => mode == AuthMode::Open,
+            Permit::Allow => true,
+            Permit::Deny => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Permit {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -200,12 +222,12 @@ impl<'de> Deserialize<'de> for Anonymous {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Bool(true) => Ok(Anonymous::Allow),
-            Raw::Bool(false) => Ok(Anonymous::Deny),
+            Raw::Bool(true) => Ok(Permit::Allow),
+            Raw::Bool(false) => Ok(Permit::Deny),
             Raw::Text(t) => match t.as_str() {
-                "auto" => Ok(Anonymous::Auto),
-                "allow" | "true" => Ok(Anonymous::Allow),
-                "deny" | "false" => Ok(Anonymous::Deny),
+                "auto" => Ok(Permit::Auto),
+                "allow" | "true" => Ok(Permit::Allow),
+                "deny" | "false" => Ok(Permit::Deny),
                 other => Err(serde::de::Error::custom(format!(
                     "expected auto, allow or deny, got {other:?}"
                 ))),
@@ -250,11 +272,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Whether connections without a user id may use rooms.
     pub fn allows_anonymous(&self) -> bool {
-        match self.anonymous {
-            Anonymous::Allow => true,
-            Anonymous::Deny => false,
-            Anonymous::Auto => self.mode == AuthMode::Open,
-        }
+        self.anonymous.allows(self.mode)
     }
 }
 
@@ -337,10 +355,11 @@ impl JwtConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
-    /// Let clients send to a user (`{"type":"send"}`). Default: false.
-    pub send: bool,
-    /// Let clients send to every connection (`{"type":"broadcast"}`). Default: false.
-    pub broadcast: bool,
+    /// Let clients send to a user (`{"type":"send"}`): `auto` (allowed in
+    /// `open` mode only), `allow` (`true`) or `deny` (`false`). Default: `auto`.
+    pub send: Permit,
+    /// Let clients send to every connection (`{"type":"broadcast"}`), the same way. Default: `auto`.
+    pub broadcast: Permit,
 }
 
 /// `[proxy]`: the backend that authenticates, authorises and handles events.
