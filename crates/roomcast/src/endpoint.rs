@@ -180,9 +180,9 @@ async fn serve(
         tracing::info!(%room, error = ?err, "endpoint connection refused its room");
         cmd.metrics.disconnect(d.code);
         crate::wsio::close(&mut socket, &d, None).await;
+        conn.close().await;
         cmd.access
             .webhook("disconnect", &conn, None, Some("join refused"));
-        conn.close().await;
         return;
     }
     let mut task = Task {

@@ -164,12 +164,18 @@ impl Rules {
         });
         let cmd = self.cmd.clone();
         let id = conn.id();
-        let user = conn.user();
-        socket.on_disconnect(move |_socket, reason| {
+        socket.on_disconnect(move |socket, reason| {
             let cmd = cmd.clone();
-            let user = user.clone();
             state.closed.cancel();
             async move {
+                // Its user now (it may have been bound since it connected), and
+                // posted once presence no longer has it: a backend asking
+                // roomcast whether the user is still online gets the answer
+                // that follows this disconnect. Closing twice does nothing.
+                let user = socket.user();
+                if let Some(conn) = socket.connection() {
+                    conn.close().await;
+                }
                 if let Some(b) = &cmd.backend {
                     b.webhook("disconnect", id, user.as_deref(), None, Some(&reason));
                 }

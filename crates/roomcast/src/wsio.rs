@@ -170,8 +170,10 @@ pub(crate) async fn finish(
     } else {
         let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
     }
+    // Posted once presence no longer has the connection, so that a backend
+    // asking whether the user is still online gets the answer after this.
+    conn.close().await;
     commands
         .access
         .webhook("disconnect", &conn, None, Some(&why));
-    conn.close().await;
 }

@@ -105,7 +105,8 @@ class Command(BaseCommand):
         with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="roomcast-", delete=False) as f:
             f.write(text)
         try:
-            env = {k: v for k, v in os.environ.items() if k != "ROOMCAST_BIN"}
+            # The package's own variables are not server settings.
+            env = {k: v for k, v in os.environ.items() if k not in ("ROOMCAST_BIN", "ROOMCAST_URL")}
             code = subprocess.call([executable(), "serve", "--config", f.name], env=env)
         except KeyboardInterrupt:
             code = 0
