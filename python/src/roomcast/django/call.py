@@ -45,9 +45,10 @@ class Connection:
 
     def publish(self, room: str, event: str, data: Any = None, *, exclude_self: bool = False) -> None:
         """Publishes to ``room``'s members, from this connection."""
-        self.actions.append(
-            {"type": "publish", "room": room, "event": event, "data": data, "exclude_self": exclude_self}
-        )
+        action = {"type": "publish", "room": room, "event": event, "data": data}
+        if exclude_self:
+            action["exclude_self"] = True
+        self.actions.append(action)
 
     def send(self, user: str, event: str, data: Any = None) -> None:
         """Sends to every connection of ``user``."""

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_SECRET": "",
     "USER_ID": None,
     "INFO": None,
+    "SESSION": None,
     "ROOMS": [],
     "ANONYMOUS": True,
     "BACKEND_URL": "http://127.0.0.1:8000/roomcast/",
@@ -49,10 +50,8 @@ def get(key: str) -> Any:
 
 
 def secret() -> str:
-    value = get("SECRET")
-    if not value:
-        raise ImproperlyConfigured("ROOMCAST['SECRET'] must be set: roomcast's proxy.secret")
-    return str(value)
+    """The shared secret; empty when it is not set (then every call is refused)."""
+    return str(get("SECRET") or "")
 
 
 def _function(key: str, default: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -72,3 +71,8 @@ def user_id(user: Any) -> str:
 def user_info(user: Any) -> Any:
     """The public ``info`` of a Django user's connections."""
     return _function("INFO", lambda u: {"name": u.get_username()})(user)
+
+
+def user_session(user: Any) -> Any:
+    """The session data a Django user's connections start with (``None``: none)."""
+    return _function("SESSION", lambda u: None)(user)

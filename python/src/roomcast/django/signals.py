@@ -1,11 +1,12 @@
 """Signals sent from roomcast's webhooks (``POST <prefix>/webhook``).
 
-Each is sent with ``sender=None`` and keyword arguments:
+Each is sent with ``sender=None`` and keyword arguments; the connection
+signals all carry ``conn``, ``user`` (``None`` for anonymous), ``node`` and
+``time_ms`` (when roomcast saw it):
 
-- ``connected``: ``conn``, ``user`` (``None`` for anonymous), ``node``; again with the user
-  when an anonymous connection is bound later.
-- ``disconnected``: ``conn``, ``user``, ``node``, ``reason``.
-- ``joined`` / ``left``: ``conn``, ``user``, ``room``.
+- ``connected``; again with the user when an anonymous connection is bound later.
+- ``disconnected``: also ``reason``.
+- ``joined`` / ``left``: also ``room``.
 - ``user_online``: ``user``, when the user's first connection anywhere in the cluster opened.
 - ``user_offline``: ``user``, when its last one closed.
 

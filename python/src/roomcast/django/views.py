@@ -44,7 +44,12 @@ def endpoint(view: View) -> Callable[[HttpRequest], HttpResponse]:
     @csrf_exempt
     @require_POST
     def wrapped(request: HttpRequest) -> HttpResponse:
-        if not verify_secret(request.headers.get("X-Roomcast-Secret"), conf.secret()):
+        secret = conf.secret()
+        if not secret:
+            log.error("%s: ROOMCAST['SECRET'] is not set: every call from roomcast is refused", request.path)
+            return JsonResponse(refusal("forbidden", "the backend has no shared secret"), status=403)
+        if not verify_secret(request.headers.get("X-Roomcast-Secret"), secret):
+            log.warning("%s: wrong or missing X-Roomcast-Secret", request.path)
             return JsonResponse(refusal("forbidden", "not roomcast: wrong or missing X-Roomcast-Secret"), status=403)
         try:
             body = json.loads(request.body or b"{}")
@@ -94,11 +99,15 @@ def connect(request: HttpRequest, body: dict[str, Any]) -> dict[str, Any]:
             return refusal("unauthenticated", "log in first: this connection has no Django session")
         return {"user": None}
     rooms = conf.get("ROOMS")
-    return {
+    answer = {
         "user": conf.user_id(user),
         "rooms": list(rooms(user) if callable(rooms) else rooms),
         "info": conf.user_info(user),
     }
+    session = conf.user_session(user)
+    if session:
+        answer["session"] = session
+    return answer
 
 
 @endpoint
@@ -144,6 +153,8 @@ def _online_key(user: str) -> str:
 
 def _user_transition(user: str) -> None:
     """Sends ``user_online``/``user_offline`` when the user's cluster-wide state changed."""
+    if not (signals.user_online.has_listeners() or signals.user_offline.has_listeners()):
+        return  # nobody asks: no call to roomcast
     try:
         online = client().user(user).online
     except Exception:
@@ -165,15 +176,16 @@ def webhook(request: HttpRequest, body: dict[str, Any]) -> dict[str, Any]:
         return refusal("bad_request", str(err))
     # roomcast retries on timeouts: an event may come twice.
     if not cache.add(f"roomcast:webhook:{e.id}", 1, timeout=3600):
-        return {"duplicate": True}
+        return {}
+    common = {"conn": e.conn, "user": e.user, "node": e.node, "time_ms": e.time_ms}
     if e.type == "connect":
-        signals.connected.send(sender=None, conn=e.conn, user=e.user, node=e.node)
+        signals.connected.send(sender=None, **common)
     elif e.type == "disconnect":
-        signals.disconnected.send(sender=None, conn=e.conn, user=e.user, node=e.node, reason=e.reason)
+        signals.disconnected.send(sender=None, reason=e.reason, **common)
     elif e.type == "join":
-        signals.joined.send(sender=None, conn=e.conn, user=e.user, room=e.room)
+        signals.joined.send(sender=None, room=e.room, **common)
     elif e.type == "leave":
-        signals.left.send(sender=None, conn=e.conn, user=e.user, room=e.room)
+        signals.left.send(sender=None, room=e.room, **common)
     if e.user and e.type in ("connect", "disconnect"):
         _user_transition(e.user)
     return {}
