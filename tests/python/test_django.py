@@ -187,7 +187,9 @@ def site(tmp_path_factory):
             "DJANGO_DB": str(db),
             "DJANGO_DEBUG": "0",
             "ROOMCAST_PROXY_SECRET": secret,
-            "ROOMCAST_API_URL": f"{rc.url}/api",
+            "ROOMCAST_URL": rc.url,
+            # The roomcast package, from the repository.
+            "PYTHONPATH": str(ROOT / "python" / "src"),
             "ROOMCAST_API_KEY": api_key,
             "ROOMCAST_PUBLIC_URL": rc.url,
         }
@@ -394,7 +396,7 @@ def test_logged_in_users_connect_as_their_django_user(site, clients, alice):
 
 
 def test_anonymous_connections_get_djangos_refusal(site, clients):
-    message = "log in to chat: this connection has no Django session"
+    message = "log in first: this connection has no Django session"
 
     native = clients.native()
     frame = native.inbox.wait_for(lambda f: f["type"] == "disconnect", "disconnect frame")
@@ -626,7 +628,12 @@ def test_the_examples_own_django_tests_pass(tmp_path):
     out = subprocess.run(
         [sys.executable, "manage.py", "test", "chat", "-v", "1"],
         cwd=SITE,
-        env={**base_env(), "DJANGO_SETTINGS_MODULE": "chatsite.settings", "DJANGO_DB": str(tmp_path / "db.sqlite3")},
+        env={
+            **base_env(),
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "DJANGO_DB": str(tmp_path / "db.sqlite3"),
+            "PYTHONPATH": str(ROOT / "python" / "src"),
+        },
         capture_output=True,
         text=True,
         timeout=START * 4,

@@ -1,8 +1,8 @@
-"""Who may be in which room: the one rule every endpoint asks."""
+"""Who may be in which room: the one rule every handler asks."""
 
 import re
 
-from .roomcast import Refusal
+from roomcast import Refused
 
 #: Chat rooms are ``chat:<name>``; roomcast's config routes their joins here.
 ROOM_NAME = re.compile(r"chat:[a-z0-9][a-z0-9_-]{0,49}")
@@ -17,7 +17,7 @@ PUBLIC_ROOMS = ("chat:lobby", "chat:random")
 def room_name(value):
     """`value` if it is a valid chat room name; refuses with ``invalid_room`` otherwise."""
     if not isinstance(value, str) or not ROOM_NAME.fullmatch(value):
-        raise Refusal("invalid_room", f"not a chat room: {value!r} (expected chat:<name>)")
+        raise Refused("invalid_room", f"not a chat room: {value!r} (expected chat:<name>)")
     return value
 
 
@@ -25,9 +25,9 @@ def check_may_join(user, room):
     """Refuses unless `user` may be in `room` (join it, read and post there)."""
     room_name(room)
     if user is None:
-        raise Refusal("unauthenticated", "log in to chat")
+        raise Refused("unauthenticated", "log in to chat")
     if room in STAFF_ROOMS and not user.is_staff:
-        raise Refusal("forbidden", f"{room} is for staff only")
+        raise Refused("forbidden", f"{room} is for staff only")
 
 
 def rooms_for(user):

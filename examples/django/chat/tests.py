@@ -1,4 +1,5 @@
-"""The roomcast endpoints through Django's test client (``manage.py test chat``).
+"""The roomcast endpoints (the roomcast package's views running this app's
+handlers and receivers) through Django's test client (``manage.py test chat``).
 
 These post what roomcast posts; tests/python/test_django.py runs the same
 views behind a real roomcast.
@@ -15,11 +16,11 @@ from .models import Connection, Message, is_online, sids
 SECRET = "test-secret"
 ROOMCAST = {
     "SECRET": SECRET,
-    "PUBLIC_URL": "http://127.0.0.1:8700",
-    "API_URL": "",
-    "API_KEY": "",
-    "DEFAULT_ROOMS": ["chat:lobby"],
-    "HISTORY_LIMIT": 100,
+    "URL": "http://roomcast.invalid",
+    "ROOMS": ["chat:lobby"],
+    "ANONYMOUS": False,
+    "INFO": "chat.sockets.public_info",
+    "SESSION": "chat.sockets.public_info",
 }
 
 
@@ -60,11 +61,11 @@ class RoomcastEndpointTests(TestCase):
     def test_every_endpoint_needs_the_secret(self):
         for path in ("/roomcast/connect", "/roomcast/subscribe", "/roomcast/rpc", "/roomcast/webhook"):
             for secret in (None, "", "wrong", SECRET + "x"):
-                with self.subTest(path=path, secret=secret), self.assertLogs("chat.roomcast", "WARNING"):
+                with self.subTest(path=path, secret=secret), self.assertLogs("roomcast.django", "WARNING"):
                     self.assertEqual(self.post(path, {}, secret=secret).status_code, 403)
 
     def test_no_configured_secret_refuses_everything(self):
-        with self.settings(ROOMCAST={**ROOMCAST, "SECRET": ""}), self.assertLogs("chat.roomcast", "WARNING"):
+        with self.settings(ROOMCAST={**ROOMCAST, "SECRET": ""}), self.assertLogs("roomcast.django", "WARNING"):
             self.assertEqual(self.post("/roomcast/connect", {}, secret="").status_code, 403)
 
     def test_a_body_that_is_not_an_object_is_400(self):
@@ -210,11 +211,6 @@ class RoomcastEndpointTests(TestCase):
 
     def test_logout_disconnects_the_users_sockets(self):
         self.client.force_login(self.alice)
-        with self.settings(ROOMCAST={**ROOMCAST, "API_URL": "http://roomcast.invalid/api", "API_KEY": "k"}):
-            with mock.patch("urllib.request.urlopen") as urlopen:
-                urlopen.return_value.__enter__.return_value.read.return_value = b'{"disconnected":1}'
-                self.client.post("/accounts/logout/")
-        (request,), _ = urlopen.call_args
-        self.assertEqual(request.full_url, "http://roomcast.invalid/api/disconnect")
-        self.assertEqual(request.get_header("Authorization"), "Bearer k")
-        self.assertEqual(json.loads(request.data)["user"], str(self.alice.pk))
+        with mock.patch("chat.signals.client") as client:
+            self.client.post("/accounts/logout/")
+        client.return_value.disconnect.assert_called_once_with(user=str(self.alice.pk), code=4500, reason="logged out")

@@ -1,12 +1,10 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("online/<str:username>", views.online, name="online"),
-    path("roomcast/connect", views.connect, name="roomcast-connect"),
-    path("roomcast/subscribe", views.subscribe, name="roomcast-subscribe"),
-    path("roomcast/rpc", views.rpc, name="roomcast-rpc"),
-    path("roomcast/webhook", views.webhook, name="roomcast-webhook"),
+    # connect, subscribe, rpc and webhook: the endpoints roomcast calls.
+    path("roomcast/", include("roomcast.django.urls")),
 ]

@@ -10,9 +10,8 @@ environment, with development defaults:
     ROOMCAST_PROXY_SECRET  the secret roomcast sends as X-Roomcast-Secret; the same
                            variable configures roomcast's proxy.secret (default: "s3cret")
     ROOMCAST_PUBLIC_URL    where browsers reach roomcast (default: http://127.0.0.1:8700)
-    ROOMCAST_API_URL       roomcast's HTTP API as Django reaches it, to disconnect a user's
-                           sockets when they log out; empty turns that off
-                           (default: http://127.0.0.1:8700/api)
+    ROOMCAST_URL           roomcast as Django reaches it (its HTTP API), to disconnect a
+                           user's sockets when they log out (default: http://127.0.0.1:8700)
     ROOMCAST_API_KEY       its key; the same variable configures roomcast's api.key
                            (default: "dev-api-key", as in roomcast.toml)
 """
@@ -38,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "roomcast.django",
     "chat",
 ]
 
@@ -105,15 +105,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The roomcast side (see README.md and roomcast.toml).
 ROOMCAST = {
+    # roomcast's HTTP API, for pushes from ordinary Django code (chat.signals).
+    "URL": env("ROOMCAST_URL", "http://127.0.0.1:8700"),
+    "API_KEY": env("ROOMCAST_API_KEY", "dev-api-key"),
     # Checked on every call to /roomcast/*: only roomcast knows it.
     "SECRET": env("ROOMCAST_PROXY_SECRET", "s3cret"),
+    # Rooms every connection joins when it connects.
+    "ROOMS": ["chat:lobby"],
+    # Only logged-in users may connect.
+    "ANONYMOUS": False,
+    "INFO": "chat.sockets.public_info",
+    "SESSION": "chat.sockets.public_info",
+}
+
+CHAT = {
     # For the chat page's socket.io-client.
     "PUBLIC_URL": env("ROOMCAST_PUBLIC_URL", "http://127.0.0.1:8700"),
-    # roomcast's HTTP API, for pushes from ordinary Django code (chat.signals).
-    "API_URL": env("ROOMCAST_API_URL", "http://127.0.0.1:8700/api"),
-    "API_KEY": env("ROOMCAST_API_KEY", "dev-api-key"),
-    # Rooms every connection joins when it connects.
-    "DEFAULT_ROOMS": ["chat:lobby"],
     # How many messages chat.history returns at most.
     "HISTORY_LIMIT": 100,
 }
@@ -122,5 +129,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"chat": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "chat": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
+        "roomcast.django": {"handlers": ["console"], "level": "WARNING"},
+    },
 }
