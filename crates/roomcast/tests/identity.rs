@@ -322,6 +322,9 @@ async fn across_two_nodes_users_bind_and_idempotency_keys_are_shared() {
     let mut bob = nodes[1].user("bob").await;
     bob.join("news").await;
     let mut anon = anonymous(&nodes[1]).await;
+    anon.join("news").await;
+    let (_, before) = nodes[0].get("/api/presence/news").await;
+    assert_eq!(before["anonymous"], 1, "{before}");
 
     // Bind a connection of node 1 through node 0.
     let (status, body) = nodes[0]
@@ -335,6 +338,19 @@ async fn across_two_nodes_users_bind_and_idempotency_keys_are_shared() {
         )
         .await;
     assert_eq!(anon.recv_type("message").await["data"], "hi carol");
+    // Presence (in Redis) counts it as carol's in its room now.
+    let (_, after) = nodes[0].get("/api/presence/news").await;
+    let users: Vec<&str> = after["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (users, &after["anonymous"]),
+        (vec!["bob", "carol"], &json!(0)),
+        "{after}"
+    );
     let (status, body) = nodes[0]
         .post("/api/bind", json!({"conn": anon.conn, "user": "dave"}))
         .await;

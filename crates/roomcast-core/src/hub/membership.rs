@@ -208,9 +208,14 @@ impl Hub {
             .await
             .inspect_err(|e| self.backend_error(e))?;
         for room in rooms {
-            let outcome = self
-                .inner
-                .presence
+            // Out as the anonymous member, in as the user's: a store may keep
+            // room memberships across `connect` (Redis does).
+            let presence = &self.inner.presence;
+            presence
+                .leave(&room, c.id)
+                .await
+                .inspect_err(|e| self.backend_error(e))?;
+            let outcome = presence
                 .join(&room, &member)
                 .await
                 .inspect_err(|e| self.backend_error(e))?;
