@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import threading
+import time
 
 import httpx
 import pytest
@@ -47,6 +48,14 @@ def server():
 def api(server):
     with roomcast.Client(server.url, KEY, timeout=STEP) as c:
         yield c
+
+
+def poll(what, condition, timeout=STEP):
+    """Polls `condition` until it holds; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)  # poll interval, bounded by the deadline
 
 
 def native(server, name, user=None):
@@ -116,6 +125,8 @@ def test_membership_bind_and_queries(server, api):
         assert api.close_room("team") == 1
         assert api.disconnect(user="carol", code=4601, reason="bye") == 1
         assert anon.close_code() == (4601, "bye")
+        # The close frame goes out before the server has dropped the connection.
+        poll("the connection to be gone", lambda: not api.connection(anon.conn).online)
         with pytest.raises(roomcast.NotFoundError) as e:
             api.bind(conn=anon.conn, user="carol")
         assert e.value.code == "no_connection"
@@ -283,3 +294,39 @@ def test_webhook_helpers():
 
 def test_executable_is_roomcast_bin_when_set():
     assert roomcast.executable() == os.environ["ROOMCAST_BIN"]
+
+
+def test_two_nodes_share_users_binds_and_idempotency_keys():
+    """Two roomcast nodes on a private redis-server, driven through the package."""
+    from test_emitters import start_redis
+
+    redis_proc = start_redis()
+    nodes = []
+    try:
+        for _ in range(2):
+            nodes.append(start("--broker", redis_proc.url, "--api-key", KEY))
+        apis = [roomcast.Client(n.url, KEY, timeout=STEP) for n in nodes]
+        for api in apis:
+            poll("a node's Redis link (degraded until then)", lambda api=api: api.health().ok)
+        bob = native(nodes[1], "bob", "bob")
+        anon = native(nodes[1], "anon")
+        try:
+            assert bob.send({"type": "join", "room": "news"})["type"] == "ack"
+            assert apis[0].bind(conn=anon.conn, user="carol").bound is True
+            poll("node 1 to apply the bind", lambda: apis[0].connection(anon.conn).user == "carol")
+            for api in apis:
+                assert [u.user for u in api.users().users] == ["bob", "carol"]
+            first = apis[0].publish("news", "n", "once", idempotency_key="two-node-key")
+            again = apis[1].publish("news", "n", "once", idempotency_key="two-node-key")
+            assert (again.delivered, again.replayed) == (first.delivered, True)
+            apis[1].publish("news", "n", "fence")
+            assert messages(bob, "fence") == ["once"]
+        finally:
+            bob.close()
+            anon.close()
+            for api in apis:
+                api.close()
+    finally:
+        for n in nodes:
+            n.stop()
+        redis_proc.stop()
