@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import socketio
 
 import inbox
 from clients import shutdown_sio
-from procs import Process, free_port
+from procs import Process, free_port, poll
 from test_emitters import child_env, start_redis
 
 STEP = 10.0
@@ -38,14 +37,7 @@ KEY = "game-key-" + uuid.uuid4().hex
 
 
 def wait_until(check, what, timeout=STEP):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # poll interval, bounded by the deadline
+    return poll(what, check, timeout)
 
 
 class Site:

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import threading
-import time
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ import websocket
 
 import roomcast
 from clients import NativeSocket
-from procs import Process
+from procs import Process, poll
 from test_emitters import child_env
 
 STEP = 10.0
@@ -48,14 +47,6 @@ def server():
 def api(server):
     with roomcast.Client(server.url, KEY, timeout=STEP) as c:
         yield c
-
-
-def poll(what, condition, timeout=STEP):
-    """Polls `condition` until it holds; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # poll interval, bounded by the deadline
 
 
 def native(server, name, user=None):
