@@ -17,8 +17,8 @@ use crate::codes::Code;
 use crate::config::{AuthConfig, AuthMode};
 
 mod jwt;
-pub use jwt::KeyError;
-pub(crate) use jwt::{TokenError, Verifier};
+pub(crate) use jwt::TokenError;
+pub use jwt::{Claims, KeyError, Verifier};
 
 /// What a client presented.
 #[derive(Debug, Clone, PartialEq)]
