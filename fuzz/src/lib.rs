@@ -151,8 +151,10 @@ pub fn jwt(data: &[u8]) {
     static VERIFIER: OnceLock<roomcast::auth::Verifier> = OnceLock::new();
     let Some(t) = text(data) else { return };
     let v = VERIFIER.get_or_init(|| {
-        let mut c = roomcast::config::JwtConfig::default();
-        c.secret = "fuzzing-secret-of-at-least-32-bytes!".into();
+        let c = roomcast::config::JwtConfig {
+            secret: "fuzzing-secret-of-at-least-32-bytes!".into(),
+            ..Default::default()
+        };
         roomcast::auth::Verifier::from_config(&c)
             .expect("an HS256 secret loads")
             .expect("a key is configured")
