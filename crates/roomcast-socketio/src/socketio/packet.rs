@@ -263,6 +263,20 @@ pub fn placeholders_valid(v: &Value, attachments: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// Found by fuzzing: without serde_json's exact float parsing a long
+    /// number read back from its own encoding was another double, so a
+    /// client's number changed each time roomcast re-encoded it.
+    #[test]
+    fn numbers_survive_a_decode_encode_decode() {
+        let text = format!("21[\"ca\",\t \t{}]", "4".repeat(56));
+        let once = Packet::decode(&text).unwrap();
+        assert_eq!(Packet::decode(&once.encode()).unwrap(), once);
+        for n in ["0.1", "1e308", "2.2250738585072014e-308", "123456789012345678901234567890"] {
+            let p = Packet::decode(&format!("2[\"e\",{n}]")).unwrap();
+            assert_eq!(Packet::decode(&p.encode()).unwrap(), p, "{n}");
+        }
+    }
     use super::*;
     use serde_json::json;
 
