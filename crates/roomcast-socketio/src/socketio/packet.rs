@@ -272,7 +272,12 @@ mod tests {
         let text = format!("21[\"ca\",\t \t{}]", "4".repeat(56));
         let once = Packet::decode(&text).unwrap();
         assert_eq!(Packet::decode(&once.encode()).unwrap(), once);
-        for n in ["0.1", "1e308", "2.2250738585072014e-308", "123456789012345678901234567890"] {
+        for n in [
+            "0.1",
+            "1e308",
+            "2.2250738585072014e-308",
+            "123456789012345678901234567890",
+        ] {
             let p = Packet::decode(&format!("2[\"e\",{n}]")).unwrap();
             assert_eq!(Packet::decode(&p.encode()).unwrap(), p, "{n}");
         }
