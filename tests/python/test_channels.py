@@ -31,7 +31,7 @@ from asgiref.sync import async_to_sync
 
 import inbox
 from clients import NativeSocket
-from procs import Process, free_port
+from procs import Process, free_port, poll
 from test_emitters import child_env, start_redis
 
 STEP = 10.0
@@ -42,18 +42,6 @@ PROJECT = ROOT / "examples" / "channels_chat"
 
 def tag(prefix):
     return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def poll(what, condition, timeout=STEP):
-    """Polls `condition` until it is true; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # poll interval, bounded by the deadline
 
 
 def metric(url, name, labels=""):
