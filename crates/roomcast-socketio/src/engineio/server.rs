@@ -205,7 +205,10 @@ impl EngineIo {
                 ..Default::default()
             }),
             pong: Notify::new(),
-            pong_deadline: Mutex::new(None),
+            // The schedule of the first ping: expired if no pong by then.
+            pong_deadline: Mutex::new(Some(
+                tokio::time::Instant::now() + self.config.ping_interval + self.config.ping_timeout,
+            )),
             upgraded: CancellationToken::new(),
             closed: CancellationToken::new(),
             close_once: AtomicBool::new(false),
@@ -260,15 +263,17 @@ impl EngineIo {
             }
             tokio::select! {
                 _ = session.closed.cancelled() => return,
-                _ = &mut waiting => {
-                    *session.pong_deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                }
+                _ = &mut waiting => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     self.close(&session, CloseReason::PingTimeout);
                     return;
                 }
             }
             next_ping = tokio::time::Instant::now() + self.config.ping_interval;
+            *session
+                .pong_deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(next_ping + self.config.ping_timeout);
         }
     }
 
@@ -289,10 +294,16 @@ impl EngineIo {
     pub(super) fn receive(&self, session: &Arc<Session>, packet: Packet) -> bool {
         match packet {
             Packet::Pong(_) => {
+                // The next ping is due one interval from now at the earliest;
+                // the heartbeat task moves the deadline later if it runs late.
                 *session
                     .pong_deadline
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                    .unwrap_or_else(|e| e.into_inner()) = Some(
+                    tokio::time::Instant::now()
+                        + self.config.ping_interval
+                        + self.config.ping_timeout,
+                );
                 session.pong.notify_one();
             }
             Packet::Message(text) => self.handler.on_message(session, Incoming::Text(text)),
@@ -331,5 +342,63 @@ impl EngineIo {
             }
         }
         !session.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl EngineHandler for Quiet {
+        fn on_open(&self, _: &Arc<Session>) {}
+        fn on_message(&self, _: &Arc<Session>, _: Incoming) {}
+        fn on_close(&self, _: &Arc<Session>, _: &CloseReason) {}
+    }
+
+    /// A request that arrives after pingInterval + pingTimeout finds the
+    /// session expired even when the heartbeat task has not run at all (a
+    /// busy machine): the deadline is set from the schedule when the session
+    /// opens, not when the task gets to send its ping. On a current-thread
+    /// runtime that never yields, the heartbeat task cannot run; blocking the
+    /// thread stands for the busy machine.
+    #[tokio::test(flavor = "current_thread")]
+    async fn expiry_is_judged_when_a_request_arrives() {
+        let config = EngineConfig {
+            ping_interval: Duration::from_millis(20),
+            ping_timeout: Duration::from_millis(20),
+            ..EngineConfig::default()
+        };
+        let eio = EngineIo::new(config, Arc::new(Quiet));
+        let slot = eio.admission.admit().unwrap();
+        let session = eio.open_session(HeaderMap::new(), false, slot);
+        assert!(eio.check_pong(&session), "a fresh session is open");
+        std::thread::sleep(Duration::from_millis(45));
+        assert!(
+            !eio.check_pong(&session),
+            "past pingInterval + pingTimeout without a pong, the session is expired"
+        );
+        assert!(session.is_closed());
+    }
+
+    /// A pong moves the deadline one interval plus one timeout ahead of it.
+    /// (Timings with 120 ms of slack for a thread that oversleeps.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pong_moves_the_deadline() {
+        let config = EngineConfig {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(100),
+            ..EngineConfig::default()
+        };
+        let eio = EngineIo::new(config, Arc::new(Quiet));
+        let slot = eio.admission.admit().unwrap();
+        let session = eio.open_session(HeaderMap::new(), false, slot);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(eio.receive(&session, Packet::Pong(String::new())));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(
+            eio.check_pong(&session),
+            "past the first deadline (200 ms) but 80 ms after a pong (200 ms allowed)"
+        );
     }
 }

@@ -32,8 +32,11 @@ pub struct Session {
     pub(super) outbox: Arc<Outbox>,
     pub(super) state: Mutex<TransportState>,
     pub(super) pong: Notify,
-    /// When the unanswered ping expires; checked on every request as well, so
-    /// a late request never finds a session that has timed out.
+    /// When the session expires unless a pong comes first: the next ping's
+    /// schedule plus `ping_timeout`, set from the schedule (handshake, last pong)
+    /// and not from when the heartbeat task gets to run. Every request checks
+    /// it (`now >= deadline` is expired), so a busy machine cannot keep a
+    /// timed-out session alive.
     pub(super) pong_deadline: Mutex<Option<tokio::time::Instant>>,
     /// Cancelled when the session moves to WebSocket: a poll still pending then gets 400.
     pub(super) upgraded: CancellationToken,
