@@ -61,7 +61,14 @@ async fn the_embed_example_publishes_from_rust_routes_and_timers() {
         .unwrap();
     assert_eq!(r["notified"], 1);
     let (mut shipped, mut ticked) = (false, false);
+    // The clock ticks every second, so each frame comes within the per-frame
+    // bound; the deadline is what fails a missing "shipped".
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !(shipped && ticked) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no shipped status (shipped {shipped}, ticked {ticked}) within 20 s"
+        );
         let m = next_json(&mut ws).await;
         match (m["room"].as_str(), m["event"].as_str()) {
             (Some("order:42"), Some("status")) => shipped = m["data"]["status"] == "shipped",

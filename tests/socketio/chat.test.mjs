@@ -637,8 +637,9 @@ describe('bad input over raw HTTP and WebSocket', { timeout: TEST_TIMEOUT * 10 }
     open.add(raw);
     raw.ws.send('40');
     raw.ws.send(`42["my_event",{"data":"${'z'.repeat(MAX_PAYLOAD + 1)}"}]`);
-    // (roomcast closes with 1000 "transport close" here; the reference server uses 1009.)
-    await within(STEP, 'the server to close after an oversize message', raw.closed);
+    // 1009 "message too big", as the reference server does (library.rs checks the same).
+    const { code } = await within(STEP, 'the server to close after an oversize message', raw.closed);
+    assert.equal(code, 1009);
     assert.equal(
       raw.messages.some((m) => typeof m === 'string' && m.includes('zzzz')),
       false,

@@ -9,6 +9,49 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 
+/// `Command::output` with a wall-clock bound: a binary that should exit at
+/// once but starts serving instead fails the test after 20 s, killed.
+trait BoundedOutput {
+    fn bounded_output(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl BoundedOutput for Command {
+    fn bounded_output(&mut self) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{self:?} did not exit within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        })
+    }
+}
+
 fn temp_config(text: &str) -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -66,7 +109,7 @@ fn a_bad_config_file_names_the_key_and_line_and_exits_non_zero() {
     let path = temp_config("listen = \"127.0.0.1:0\"\n\n[limits]\nmax_conections = 5\n");
     let out = Command::new(BIN)
         .args(["serve", "--config", path.to_str().unwrap()])
-        .output()
+        .bounded_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -77,14 +120,14 @@ fn a_bad_config_file_names_the_key_and_line_and_exits_non_zero() {
 
     let out = Command::new(BIN)
         .args(["serve", "--config", "/nonexistent.toml"])
-        .output()
+        .bounded_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 
     let out = Command::new(BIN)
         .args(["serve"])
         .env("ROOMCAST_HEARTBEAT_INTERVAL_MS", "soon")
-        .output()
+        .bounded_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ROOMCAST_HEARTBEAT_INTERVAL_MS"));
@@ -101,7 +144,7 @@ fn invalid_values_are_configuration_errors_at_load() {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
+        let out = cmd.bounded_output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -151,7 +194,7 @@ fn invalid_values_are_configuration_errors_at_load() {
 /// (beside Django's runserver on 8000).
 #[tokio::test]
 async fn no_command_means_serve() {
-    let out = Command::new(BIN).arg("config").output().unwrap();
+    let out = Command::new(BIN).arg("config").bounded_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = \"127.0.0.1:8700\""), "{text}");
     let mut bare = spawn(&["--listen", "127.0.0.1:0"], &[]).await;
@@ -177,7 +220,7 @@ fn config_masks_secrets() {
     );
     let out = Command::new(BIN)
         .args(["config", "--config", path.to_str().unwrap()])
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -214,7 +257,7 @@ fn flags_win_over_environment_and_file() {
         ])
         .env("ROOMCAST_LIMITS_MAX_CONNECTIONS", "9")
         .env("ROOMCAST_API_KEY", "env")
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);

@@ -58,13 +58,23 @@ async fn publish_send_and_broadcast_reach_clients_and_count_them() {
     assert_eq!(a.recv_type("message").await["event"], "all");
     assert_eq!(b.recv_type("message").await["event"], "all");
 
+    // exclude_conn leaves out that connection and only it: bob (now in the
+    // room too) gets "skip", alice gets nothing before the next publication.
+    b.join("lobby").await;
     let (_, r) = srv
         .post(
             "/api/publish",
             json!({"room": "lobby", "event": "skip", "exclude_conn": a.conn}),
         )
         .await;
-    assert_eq!(r["delivered"], 0);
+    assert_eq!(r["delivered"], 1);
+    assert_eq!(b.recv_type("message").await["event"], "skip");
+    let (_, r) = srv
+        .post("/api/publish", json!({"room": "lobby", "event": "fence"}))
+        .await;
+    assert_eq!(r["delivered"], 2);
+    assert_eq!(a.recv_type("message").await["event"], "fence");
+    assert_eq!(b.recv_type("message").await["event"], "fence");
     srv.stop().await;
 }
 

@@ -73,7 +73,7 @@ async fn join_rules_decide_which_rooms_a_client_may_join() {
     let mut cfg = open_with_tokens();
     cfg.proxy.subscribe_url = backend.url("subscribe");
     cfg.proxy.secret = "sub-secret".into();
-    cfg.proxy.timeout_ms = 300;
+    cfg.proxy.timeout_ms = 1_500;
     cfg.socketio.builtin_events = true;
     cfg.rooms = rules(json!([
         {"pattern": "public:*", "join": "anyone"},
@@ -390,7 +390,7 @@ fn rpc_config(backend: &Backend) -> roomcast::Config {
         url: backend.url("billing"),
     }];
     c.proxy.secret = "rpc-secret".into();
-    c.proxy.timeout_ms = 300;
+    c.proxy.timeout_ms = 1_500;
     c.rooms = rules(json!([{"pattern": "staff:*", "join": "none"}]));
     c
 }
@@ -526,10 +526,21 @@ async fn socketio_events_go_to_the_backend_bounded_per_connection_and_per_node()
     );
 
     // Eight events may wait for the backend per connection; the ninth is refused.
+    // The three calls above were answered, so the count is settled here.
+    let before = backend.count("rpc");
     for i in 0..8 {
         s.send(&format!(r#"42{}["gated",{i}]"#, 100 + i)).await;
     }
-    let before = backend.count("rpc");
+    // All eight are at the backend (held by its gate) before the ninth is sent.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while backend.count("rpc") < before + 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "8 gated calls at the backend, saw {}",
+            backend.count("rpc") - before
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     s.send(r#"42108["gated",8]"#).await;
     assert_eq!(
         s.recv_sio().await,
@@ -543,7 +554,11 @@ async fn socketio_events_go_to_the_backend_bounded_per_connection_and_per_node()
     acks.sort();
     let want: Vec<String> = (0..8).map(|i| format!("3{}[{i}]", 100 + i)).collect();
     assert_eq!(acks, want);
-    assert!(backend.count("rpc") <= before + 8);
+    assert_eq!(
+        backend.count("rpc"),
+        before + 8,
+        "the ninth never reached the backend"
+    );
     srv.stop().await;
 
     // At most `max_in_flight` calls per node: the others wait for a slot.

@@ -19,6 +19,19 @@ use roomcast::{Config, Server};
 /// How long any single expected event may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(5);
 
+/// The bound on a wait that reads any number of other frames before the one it
+/// wants (each frame within `STEP`): it fails instead of running for ever when
+/// frames keep coming but never the awaited one.
+pub const LONGEST: Duration = Duration::from_secs(60);
+
+/// Fails the test with `what` if `f` does not finish within `LONGEST`.
+pub async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(LONGEST, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: nothing after {LONGEST:?}"),
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub server: Server,
@@ -127,8 +140,29 @@ impl TestServer {
 
     /// The value of one sample of `/metrics`, e.g.
     /// `roomcast_auth_failures_total{reason="expired"}`; 0 when it is absent.
+    /// The value of one sample of `/metrics`, e.g. `roomcast_joins_total` or
+    /// `roomcast_disconnects_total{code="4001"}`. A labelled sample not seen
+    /// yet reads 0, but the metric itself must be on the page (its `# TYPE`
+    /// line): a renamed or missing metric fails the test instead of reading 0.
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, m) = self.get_text("/metrics").await;
+        let name = sample.split('{').next().unwrap();
+        let family = |n: &str| {
+            m.lines().any(|l| {
+                l.strip_prefix("# TYPE ")
+                    .and_then(|r| r.split_whitespace().next())
+                    == Some(n)
+            })
+        };
+        // Histograms and summaries are typed by their base name.
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            family(name) || family(base),
+            "no metric {name} on /metrics:\n{m}"
+        );
         m.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
             .map(|v| v.trim().parse().unwrap())
@@ -217,12 +251,15 @@ impl Polling {
 
     /// Polls until the session ends (a CLOSE packet, or an unknown session).
     pub async fn until_closed(&self) {
-        loop {
-            let (status, body) = self.poll().await;
-            if status != 200 || body.split('\x1e').any(|p| p == "1") {
-                return;
+        bounded("the session ends", async {
+            loop {
+                let (status, body) = self.poll().await;
+                if status != 200 || body.split('\x1e').any(|p| p == "1") {
+                    return;
+                }
             }
-        }
+        })
+        .await
     }
 }
 
@@ -346,13 +383,17 @@ impl Client {
         if let Some(i) = self.pending.iter().position(|v| v["type"] == ty) {
             return self.pending.remove(i).unwrap();
         }
-        loop {
-            let v = self.recv_wire().await;
-            if v["type"] == ty {
-                return v;
+        let what = format!("a {ty} frame");
+        bounded(&what, async {
+            loop {
+                let v = self.recv_wire().await;
+                if v["type"] == ty {
+                    return v;
+                }
+                self.pending.push_back(v);
             }
-            self.pending.push_back(v);
-        }
+        })
+        .await
     }
 
     /// Sends a command with a fresh id and returns its ack or error.
@@ -361,20 +402,23 @@ impl Client {
         self.next_id += 1;
         v["id"] = id.into();
         self.send(v).await;
-        loop {
-            if let Some(i) = self
-                .pending
-                .iter()
-                .position(|f| f["id"] == id && (f["type"] == "ack" || f["type"] == "error"))
-            {
-                return self.pending.remove(i).unwrap();
+        bounded("the answer to a command", async {
+            loop {
+                if let Some(i) = self
+                    .pending
+                    .iter()
+                    .position(|f| f["id"] == id && (f["type"] == "ack" || f["type"] == "error"))
+                {
+                    return self.pending.remove(i).unwrap();
+                }
+                let f = self.recv_wire().await;
+                if f["id"] == id && (f["type"] == "ack" || f["type"] == "error") {
+                    return f;
+                }
+                self.pending.push_back(f);
             }
-            let f = self.recv_wire().await;
-            if f["id"] == id && (f["type"] == "ack" || f["type"] == "error") {
-                return f;
-            }
-            self.pending.push_back(f);
-        }
+        })
+        .await
     }
 
     pub async fn join(&mut self, room: &str) {
@@ -389,8 +433,9 @@ impl Client {
             .iter()
             .find(|v| v["type"] == "disconnect")
             .cloned();
+        let deadline = tokio::time::Instant::now() + LONGEST;
         loop {
-            let m = tokio::time::timeout(STEP, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("close within the step timeout");
             match m {
@@ -420,7 +465,8 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
         // Read until the server's close arrives.
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, self.ws.next()).await {}
+        let deadline = tokio::time::Instant::now() + STEP;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
     }
 }
 
@@ -507,8 +553,10 @@ impl RawClient {
 
     /// Reads frames until the server's close frame (or EOF); returns the
     /// opcodes seen, the text frames, and the close code.
+    /// Fails after `STEP * 4` in all, however many frames keep arriving.
     pub async fn read_until_close(&mut self) -> (Vec<u8>, Vec<String>, Option<u16>) {
         let (mut ops, mut texts) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + STEP * 4;
         loop {
             while let Some((op, payload, used)) = parse_frame(&self.buf) {
                 self.buf.drain(..used);
@@ -524,9 +572,9 @@ impl RawClient {
                 }
             }
             let mut chunk = [0u8; 4096];
-            let n: usize = tokio::time::timeout(STEP * 2, self.stream.read(&mut chunk))
+            let n: usize = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await
-                .expect("server acted in time")
+                .expect("the server closed in time")
                 .unwrap_or_default();
             if n == 0 {
                 return (ops, texts, None);
