@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("channels_message", channels_message),
     ("jwt", jwt),
     ("config_toml", config_toml),
+    ("endpoint_path", endpoint_path),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -168,4 +169,47 @@ pub fn config_toml(data: &[u8]) {
     if let Ok(c) = toml::from_str::<roomcast::Config>(t) {
         let _ = c.validate();
     }
+}
+
+/// `[[endpoints]]` paths, and requests for them: the first line is an
+/// endpoint's `path`, the second its `room` template, the rest the path a
+/// client asks for. A path that passes validation must build the server's
+/// router (axum panics on a route it cannot take), and no request path gets
+/// a 5xx.
+pub fn endpoint_path(data: &[u8]) {
+    use std::cell::RefCell;
+    let Some(t) = text(data) else { return };
+    let mut lines = t.splitn(3, '\n');
+    let (path, room, request) = (
+        lines.next().unwrap_or(""),
+        lines.next().unwrap_or("{room}"),
+        lines.next().unwrap_or("/"),
+    );
+    let mut endpoint = roomcast::config::EndpointConfig::relay(path);
+    endpoint.room = room.to_owned();
+    let mut config = roomcast::Config::default();
+    config.endpoints.push(endpoint);
+    if config.validate().is_err() {
+        return;
+    }
+    thread_local! {
+        static RT: RefCell<tokio::runtime::Runtime> = RefCell::new(
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        );
+    }
+    RT.with(|rt| {
+        rt.borrow().block_on(async {
+            use tower::ServiceExt;
+            let server = roomcast::Server::new(config);
+            let router = server.router();
+            if let Ok(req) = axum::http::Request::get(request).body(axum::body::Body::empty()) {
+                let status = router.oneshot(req).await.unwrap().status();
+                assert!(
+                    !status.is_server_error(),
+                    "{request:?} under {path:?}: {status}"
+                );
+            }
+            server.hub().shutdown(roomcast_core::Disconnect::SHUTDOWN);
+        })
+    });
 }
