@@ -19,7 +19,8 @@ struct Node {
 }
 
 impl Node {
-    /// Starts a node on `redis` with fast heartbeats (200 ms, dead after 1 s).
+    /// Starts a node on `redis` with fast heartbeats (250 ms, dead after
+    /// 2.5 s: ten missed beats, so a node on a loaded machine is not reaped alive).
     async fn start(redis: &str) -> Node {
         Node::start_with(redis, &[]).await
     }
@@ -28,8 +29,8 @@ impl Node {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--broker", redis])
-            .env("ROOMCAST_BROKER_HEARTBEAT_MS", "200")
-            .env("ROOMCAST_BROKER_NODE_TTL_MS", "1000")
+            .env("ROOMCAST_BROKER_HEARTBEAT_MS", "250")
+            .env("ROOMCAST_BROKER_NODE_TTL_MS", "2500")
             .env("ROOMCAST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

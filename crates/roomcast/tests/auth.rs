@@ -238,7 +238,7 @@ async fn forged_expired_and_malformed_tokens_are_refused() {
 #[tokio::test]
 async fn connections_that_never_authenticate_are_closed_with_4501() {
     let mut cfg = token_config();
-    cfg.auth.timeout_ms = 200;
+    cfg.auth.timeout_ms = 1_000;
     let srv = start(cfg).await;
     let mut idle = srv.client().await;
     idle.welcome().await;
@@ -341,8 +341,9 @@ async fn rsa_ec_and_jwks_keys_verify_only_their_own_algorithm() {
 #[tokio::test]
 async fn an_expiring_token_is_refreshed_or_its_connection_closed_with_4504() {
     let srv = start(token_config()).await;
-    // Both tokens expire two seconds from now (the granularity of `exp`).
-    let soon = now() + 2;
+    // Both tokens expire four seconds from now (`exp` is in seconds): time for
+    // the three refreshes below on a loaded machine.
+    let soon = now() + 4;
     let short = |sub: &str| hs256(SECRET, &json!({"sub": sub, "exp": soon}));
     let mut kept = Client::connect(srv.addr, &format!("/ws?token={}", short("alice"))).await;
     assert_eq!(kept.welcome().await["expires_at"], soon);
@@ -375,7 +376,7 @@ async fn an_expiring_token_is_refreshed_or_its_connection_closed_with_4504() {
     kept.join("after").await;
 
     // Socket.IO: the same, through the roomcast:refresh event.
-    let soon = now() + 2;
+    let soon = now() + 4;
     let short = |sub: &str| hs256(SECRET, &json!({"sub": sub, "exp": soon}));
     let (mut sio_kept, answer) =
         sio::Sio::connect(srv.addr, "/", json!({"token": short("carol")})).await;
@@ -479,7 +480,7 @@ fn proxy_config(backend: &Backend) -> roomcast::Config {
     c.auth.mode = AuthMode::Proxy;
     c.proxy.connect_url = backend.url("connect");
     c.proxy.secret = "proxy-secret".into();
-    c.proxy.timeout_ms = 300;
+    c.proxy.timeout_ms = 1_500;
     // Asking for the secret and framing headers to be forwarded changes nothing.
     c.proxy
         .forward_headers

@@ -432,15 +432,15 @@ async fn a_silent_connection_is_closed_after_interval_plus_timeout() {
 #[tokio::test]
 async fn a_client_that_answers_pings_stays() {
     let mut cfg = config();
-    cfg.heartbeat.interval_ms = 50;
-    cfg.heartbeat.timeout_ms = 50;
+    cfg.heartbeat.interval_ms = 100;
+    cfg.heartbeat.timeout_ms = 300;
     let srv = start(cfg).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", srv.addr))
         .await
         .unwrap();
     use futures_util::{SinkExt, StreamExt};
     let mut pings = 0;
-    // Reading answers each ping; ten pings span five silence limits.
+    // Reading answers each ping; ten pings (1 s) span two and a half silence limits.
     while pings < 10 {
         match tokio::time::timeout(STEP, ws.next())
             .await
@@ -469,7 +469,7 @@ async fn a_client_that_answers_pings_stays() {
 async fn unauthenticated_connections_are_refused_then_closed_after_the_auth_timeout() {
     let mut cfg = config();
     cfg.auth.anonymous = roomcast::config::Anonymous::Deny;
-    cfg.auth.timeout_ms = 300;
+    cfg.auth.timeout_ms = 1_000;
     let srv = start(cfg).await;
     let mut ok = srv.client().await;
     ok.welcome().await;
