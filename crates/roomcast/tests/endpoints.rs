@@ -405,11 +405,11 @@ async fn frames_over_the_rate_are_dropped_then_the_sender_is_closed_with_4005() 
     let srv = start(c).await;
     let mut calm = page(&srv, "/room/r/").await;
     let mut noisy = page(&srv, "/room/r/").await;
-    // Ten frames back to back: the burst of three is relayed, the next two
+    // Ten frames in one write: the burst of three is relayed, the next two
     // are dropped (an endpoint has no error frame), the sixth closes.
-    for i in 1..=10 {
-        noisy.send_raw(Message::text(i.to_string())).await;
-    }
+    noisy
+        .send_batch((1..=10).map(|i| Message::text(i.to_string())))
+        .await;
     for i in 1..=3 {
         assert_eq!(text(&mut calm).await, i.to_string());
     }

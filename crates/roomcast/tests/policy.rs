@@ -709,12 +709,12 @@ async fn the_message_rate_limit_refuses_then_disconnects_with_4005() {
     let mut calm = srv.user("calm").await;
     let mut noisy = srv.client().await;
     noisy.welcome().await;
-    // Ten joins back to back: the burst of three passes, then refusals, then the close.
-    for i in 1..=10 {
-        noisy
-            .send(json!({"type": "join", "room": format!("r{i}"), "id": i}))
-            .await;
-    }
+    // Ten joins in one write: the burst of three passes, then refusals, then the close.
+    noisy
+        .send_batch((1..=10).map(|i| {
+            Message::text(json!({"type": "join", "room": format!("r{i}"), "id": i}).to_string())
+        }))
+        .await;
     let mut frames = Vec::new();
     let closed = loop {
         let f = noisy.recv().await;

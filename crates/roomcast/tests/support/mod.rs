@@ -347,6 +347,16 @@ impl Client {
         self.ws.send(m).await.unwrap();
     }
 
+    /// Sends the frames in one write: the server reads them together, so a
+    /// test about rates does not depend on how the machine schedules the
+    /// sender (a 1/s limit refills if two sends land a second apart).
+    pub async fn send_batch(&mut self, frames: impl IntoIterator<Item = Message>) {
+        for m in frames {
+            self.ws.feed(m).await.unwrap();
+        }
+        self.ws.flush().await.unwrap();
+    }
+
     /// The next JSON frame (pings are answered by the library and skipped).
     pub async fn recv(&mut self) -> Value {
         if let Some(v) = self.pending.pop_front() {
