@@ -259,9 +259,20 @@ impl State {
         })
         .to_string();
         let ttl = self.shared.config.node_ttl.as_millis().to_string();
-        let out: Vec<String> = self
+        let out: Vec<String> = match self
             .op(&["heartbeat", &node.to_string(), &info, &ttl])
-            .await?;
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                // The command may still run, late (a stalled link delivers it
+                // after the timeout): if the others reaped this node meanwhile,
+                // that late heartbeat registers it again and its answer, "you
+                // were missing", is lost. Replay at the next beat that succeeds.
+                self.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        };
         let registered = out.first().is_some_and(|v| v == "1");
         if !registered || self.dirty.swap(false, Ordering::AcqRel) {
             match self.replay(node).await {

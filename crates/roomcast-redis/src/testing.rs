@@ -1,6 +1,6 @@
 //! Real Redis for tests: a `redis-server` child process on a free loopback
-//! port, with persistence off, killed when dropped; or a Redis Cluster of
-//! several such processes.
+//! port, with persistence off (or an append-only file in a directory of its
+//! own), killed when dropped; or a Redis Cluster of several such processes.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// The directory of its append-only file, when persistence is on.
+    aof_dir: Option<std::path::PathBuf>,
 }
 
 fn binary() -> String {
@@ -47,6 +49,30 @@ impl RedisServer {
         RedisServer::start_on(|| free_port(u16::MAX), &[])
     }
 
+    /// Starts a server that writes every command to an append-only file
+    /// (`appendfsync always`) in a directory of its own: [`RedisServer::restart`]
+    /// after a [`RedisServer::kill`] then finds the data it had. The directory
+    /// is removed when the server is dropped.
+    pub fn start_persistent() -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let port = free_port(u16::MAX);
+            let dir = std::env::temp_dir()
+                .join(format!("roomcast-redis-aof-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temporary directory");
+            let mut server = RedisServer {
+                port,
+                child: None,
+                aof_dir: Some(dir),
+            };
+            match server.spawn_with(&[]) {
+                Ok(()) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start in {ATTEMPTS} attempts: {last}");
+    }
+
     /// Starts a server with `extra` arguments on a port from `port`, retrying
     /// with a fresh port when the child exits before answering.
     fn start_on(port: impl Fn() -> u16, extra: &[&str]) -> RedisServer {
@@ -55,6 +81,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 port: port(),
                 child: None,
+                aof_dir: None,
             };
             let args: Vec<String> = extra
                 .iter()
@@ -78,6 +105,10 @@ impl RedisServer {
     /// Starts the child on `self.port`; an error when it exits or does not
     /// answer in time (the child is then killed).
     fn spawn_with(&mut self, extra: &[&str]) -> Result<(), String> {
+        let (appendonly, dir) = match &self.aof_dir {
+            Some(d) => ("yes", d.clone()),
+            None => ("no", std::env::temp_dir()),
+        };
         let child = Command::new(binary())
             .args(extra)
             .args([
@@ -88,9 +119,11 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                appendonly,
+                "--appendfsync",
+                "always",
                 "--dir",
-                &std::env::temp_dir().to_string_lossy(),
+                &dir.to_string_lossy(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -167,7 +200,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again, empty, on the same port.
+    /// Starts it again on the same port: empty, or with the data of its
+    /// append-only file when it was started with [`RedisServer::start_persistent`].
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -177,6 +211,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(d) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
