@@ -102,6 +102,24 @@ pub(crate) async fn handshake(
     if !native && !sio {
         return next.run(req).await;
     }
+    // A browser sends one Origin. Two (equal or not) would leave "which one
+    // did the allow-list check" to chance, so they are refused whether or not
+    // `auth.allowed_origins` is set.
+    if req
+        .headers()
+        .get_all(header::ORIGIN)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        s.metrics.origin_rejected();
+        tracing::info!(?peer, "handshake refused: more than one Origin header");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            Code::ORIGIN_NOT_ALLOWED,
+            "more than one Origin header",
+        );
+    }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(&c.auth.allowed_origins, origin) {

@@ -61,13 +61,35 @@ pub(crate) fn connect_failed(err: &ConnectError) -> Disconnect {
     }
 }
 
+/// 1002: the client broke the WebSocket framing rules (RFC 6455 §7.4.1).
+pub(crate) const WS_PROTOCOL: Disconnect = Disconnect {
+    code: 1002,
+    reason: std::borrow::Cow::Borrowed("websocket protocol error"),
+};
+
+/// 1007: a text frame (or a close reason) that is not valid UTF-8.
+pub(crate) const INVALID_UTF8: Disconnect = Disconnect {
+    code: 1007,
+    reason: std::borrow::Cow::Borrowed("invalid UTF-8"),
+};
+
 /// What a read error means: an oversize message or frame is closed with
-/// 1009 (tungstenite reports it as a capacity error); anything else is a
-/// client gone away.
+/// 1009 (tungstenite's capacity error), invalid UTF-8 with 1007, a framing
+/// violation (reserved bits, an unmasked frame, a fragmented or oversize
+/// control frame, an unknown opcode, a stray continuation) with 1002;
+/// anything else is a client gone away, which gets no close frame.
 pub(crate) fn read_error(e: &axum::Error) -> Option<Disconnect> {
-    let text = e.to_string();
-    (text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big"))
-        .then_some(Disconnect::MESSAGE_TOO_BIG)
+    use tungstenite::error::ProtocolError as P;
+    let inner = std::error::Error::source(e)?.downcast_ref::<tungstenite::Error>()?;
+    match inner {
+        tungstenite::Error::Capacity(_) => Some(Disconnect::MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(INVALID_UTF8),
+        tungstenite::Error::Protocol(
+            P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing,
+        ) => None,
+        tungstenite::Error::Protocol(_) => Some(WS_PROTOCOL),
+        _ => None,
+    }
 }
 
 pub(crate) fn to_message(frame: Frame) -> Message {

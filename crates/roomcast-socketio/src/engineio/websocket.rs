@@ -59,6 +59,7 @@ impl EngineIo {
             let code = match &reason {
                 CloseReason::Server(d) => d.code,
                 CloseReason::PingTimeout => Disconnect::HEARTBEAT_TIMEOUT.code,
+                CloseReason::ProtocolError(m) if m == INVALID_UTF8 => 1007,
                 CloseReason::ProtocolError(_) => 1002,
                 CloseReason::MessageTooBig => 1009,
                 _ => 1000,
@@ -148,13 +149,7 @@ impl EngineIo {
                 }
                 msg = ws.next() => {
                     let packet = match msg {
-                        Some(Err(e)) => {
-                            let too_big = e
-                                .into_inner()
-                                .downcast::<tungstenite::Error>()
-                                .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
-                            return Some(if too_big { CloseReason::MessageTooBig } else { CloseReason::TransportClose });
-                        }
+                        Some(Err(e)) => return Some(read_error(e)),
                         None | Some(Ok(Message::Close(_))) => return Some(CloseReason::TransportClose),
                         Some(Ok(Message::Text(t))) => match Packet::decode(t.as_str()) {
                             Ok(p) => p,
@@ -169,5 +164,29 @@ impl EngineIo {
                 }
             }
         }
+    }
+}
+
+/// The reason given to a text frame (or close reason) that is not UTF-8;
+/// its close code is 1007 rather than the 1002 of other protocol errors.
+const INVALID_UTF8: &str = "invalid UTF-8";
+
+/// What a WebSocket read error means: an oversize message (1009), invalid
+/// UTF-8 (1007), a framing violation such as reserved bits, an unmasked
+/// frame, a fragmented or oversize control frame, an unknown opcode or a
+/// stray continuation (1002); anything else is the client gone away.
+fn read_error(e: axum::Error) -> CloseReason {
+    use tungstenite::error::ProtocolError as P;
+    let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
+        return CloseReason::TransportClose;
+    };
+    match *e {
+        tungstenite::Error::Capacity(_) => CloseReason::MessageTooBig,
+        tungstenite::Error::Utf8(_) => CloseReason::ProtocolError(INVALID_UTF8.to_owned()),
+        tungstenite::Error::Protocol(
+            P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing,
+        ) => CloseReason::TransportClose,
+        tungstenite::Error::Protocol(p) => CloseReason::ProtocolError(p.to_string()),
+        _ => CloseReason::TransportClose,
     }
 }
