@@ -35,6 +35,10 @@ pub struct Target {
 }
 
 type Ws = WebSocketStream<TcpStream>;
+/// The reading half of a connection.
+pub type Reader = SplitStream<Ws>;
+/// The writing half of a connection, shared between tasks.
+pub type Writer = Arc<Mutex<SplitSink<Ws, Message>>>;
 
 pub struct Conn {
     target: Arc<Target>,
@@ -68,12 +72,12 @@ fn number(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The publish timestamp in a frame.
-fn timestamp(text: &str) -> Option<u64> {
+pub fn timestamp(text: &str) -> Option<u64> {
     number(text, "\"t\":")
 }
 
 /// The publisher's sequence number in a frame.
-fn sequence(text: &str) -> Option<u64> {
+pub fn sequence(text: &str) -> Option<u64> {
     number(text, "\"s\":")
 }
 
@@ -146,6 +150,45 @@ impl Conn {
             index,
             pad: String::new(),
         })
+    }
+
+    /// Names the connection's user (native protocol, open mode) and waits for
+    /// the acknowledgement. Must come before the first join.
+    pub async fn auth(&mut self, user: &str) -> Result<(), String> {
+        if !matches!(self.target.protocol, Protocol::Native) {
+            return Err("auth by user id is a native-protocol command".into());
+        }
+        self.sink
+            .lock()
+            .await
+            .send(Message::text(format!(
+                r#"{{"type":"auth","user":"{user}","id":2}}"#
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = self.stream.as_mut().ok_or("already receiving")?;
+        loop {
+            let m = stream
+                .next()
+                .await
+                .ok_or("closed while authenticating")?
+                .map_err(|e| e.to_string())?;
+            let Message::Text(t) = m else { continue };
+            let t = t.as_str();
+            if t.contains(r#""type":"ack""#) {
+                return Ok(());
+            }
+            if t.contains(r#""type":"error""#) {
+                return Err(format!("auth refused: {t}"));
+            }
+        }
+    }
+
+    /// Hands over both halves, for a caller that reads the connection itself.
+    /// `None` if it is already being read.
+    pub fn into_parts(mut self) -> Option<(Reader, Writer)> {
+        let stream = self.stream.take()?;
+        Some((stream, self.sink))
     }
 
     /// Joins a room and waits for the server's acknowledgement.

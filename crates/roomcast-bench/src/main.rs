@@ -14,9 +14,13 @@
 //!   latency percentiles, lost messages, messages a subscriber got out of publish order.
 //! - `rooms`: many small rooms whose members publish now and then (the chat-app shape).
 //! - `churn`: connect/join/disconnect cycles while a fanout runs.
+//! - `soak`: many connections for a long time with presence, publishing and
+//!   churn; samples the server's memory, files and threads every minute and
+//!   checks every delivery (see `soak.rs`).
 
 mod client;
 mod rpc;
+mod soak;
 mod stats;
 
 use std::net::SocketAddr;
@@ -53,6 +57,9 @@ enum Scenario {
     /// Client events through the server's event proxy to a backend this
     /// generator serves, against the same backend called directly.
     Rpc(rpc::RpcArgs),
+    /// Many connections for a long time: presence, steady publishing, churn;
+    /// samples the server every minute and checks every delivery.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -142,6 +149,12 @@ struct FanoutArgs {
     /// The node (1 = the first `--addr`) the publisher connects to.
     #[arg(long, default_value_t = 1)]
     publish_on: usize,
+    /// This share of the subscribers (in %, spread evenly over them) never
+    /// read their socket: they join, then keep the TCP connection open and
+    /// stop polling it. They expect nothing; the server's /metrics tell how
+    /// many it closed as slow consumers (4001).
+    #[arg(long, default_value_t = 0.0)]
+    slow_percent: f64,
 }
 
 #[derive(Args)]
@@ -376,19 +389,57 @@ async fn wait_for(rec: &Recorder, expected: u64, drain: f64) {
     }
 }
 
+/// Whether subscriber `i` of `clients` is one of the `slow` that never read:
+/// every (clients / slow)-th, so they are spread evenly over the subscribers
+/// (and over the nodes of a cluster).
+fn is_slow(i: usize, clients: usize, slow: usize) -> bool {
+    slow > 0 && i % (clients / slow).max(1) == 0 && i / (clients / slow).max(1) < slow
+}
+
+/// How many of `clients` subscribers `--slow-percent` makes slow.
+fn slow_count(clients: usize, percent: f64) -> usize {
+    ((clients as f64 * percent / 100.0).round() as usize).min(clients)
+}
+
+/// The server counters that tell how slow consumers were closed, summed over the targets.
+async fn slow_counters(targets: &[Arc<Target>]) -> Result<[f64; 4], String> {
+    let http = reqwest::Client::new();
+    let mut scrapes = Vec::new();
+    for t in targets {
+        scrapes.push(stats::scrape(&http, t.addr).await?);
+    }
+    Ok([
+        stats::sum_of(&scrapes, "roomcast_slow_consumer_disconnects_total"),
+        stats::sum_of(&scrapes, "roomcast_disconnects_total{code=\"4001\"}"),
+        stats::sum_of(&scrapes, "roomcast_disconnects_total{code=\"4002\"}"),
+        stats::sum_of(&scrapes, "roomcast_connections_closed_total"),
+    ])
+}
+
 async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, String> {
     let targets = a.common.targets();
     let rec = Arc::new(Recorder::new(targets.len()));
     let rss_before = rss_total_kb(&a.common.pids);
-    let (subs, connect_s) = open_many(
+    let slow = slow_count(a.clients, a.slow_percent);
+    let counters_before = if slow > 0 {
+        Some(slow_counters(&targets).await?)
+    } else {
+        None
+    };
+    let (mut subs, connect_s) = open_many(
         &a.common,
         &targets,
         a.clients,
         0,
         Some("bench".into()),
-        Some(rec.clone()),
+        None,
     )
     .await?;
+    for (i, c) in subs.iter_mut().enumerate() {
+        if !is_slow(i, a.clients, slow) {
+            c.start_receiving(rec.clone());
+        }
+    }
     let publish_on = targets[a.publish_on - 1].clone();
     let mut publisher = Conn::open(&publish_on, a.clients + 1).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -419,7 +470,8 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
     rec.mark_start();
     let sent = publish(&mut publisher, "bench", &a, &rec, &stop).await?;
     let publish_s = t0.elapsed().as_secs_f64();
-    let expected = sent * a.clients as u64;
+    let readers = a.clients - slow;
+    let expected = sent * readers as u64;
     wait_for(&rec, expected, a.drain).await;
     stop.store(true, Ordering::Relaxed);
     if let Some(c) = churner {
@@ -430,8 +482,17 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
     let rss_after = rss_total_kb(&a.common.pids);
     let delivered = rec.delivered();
     let active = rec.active_seconds();
+    // Read while the slow subscribers are still connected.
+    let counters_after = match counters_before {
+        Some(_) => Some(slow_counters(&targets).await?),
+        None => None,
+    };
     drop(subs);
-    let per_node: Vec<serde_json::Value> = spread(0, a.clients, targets.len())
+    let mut readers_per_node = vec![0usize; targets.len()];
+    for i in (0..a.clients).filter(|&i| !is_slow(i, a.clients, slow)) {
+        readers_per_node[i % targets.len()] += 1;
+    }
+    let per_node: Vec<serde_json::Value> = readers_per_node
         .into_iter()
         .enumerate()
         .map(|(node, subscribers)| {
@@ -449,6 +510,7 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
     let mut out = json!({
         "scenario": if churn.is_some() { "churn" } else { "fanout" },
         "clients": a.clients,
+        "slow_subscribers": slow,
         "connect_seconds": connect_s,
         "rate": a.rate,
         "size": a.size,
@@ -467,6 +529,17 @@ async fn fanout(a: FanoutArgs, churn: Option<f64>) -> Result<serde_json::Value, 
     });
     if targets.len() > 1 {
         out["per_target"] = json!(per_node);
+    }
+    if let (Some(b), Some(af)) = (counters_before, counters_after) {
+        let d = |k: usize| (af[k] - b[k]).max(0.0) as u64;
+        out["slow"] = json!({
+            "subscribers": slow,
+            "readers": readers,
+            "closed_slow_consumer": d(0),
+            "closed_4001": d(1),
+            "closed_4002": d(2),
+            "connections_closed": d(3),
+        });
     }
     if churn.is_some() {
         out["churn_cycles"] = json!(cycles.load(Ordering::Relaxed));
@@ -596,6 +669,7 @@ async fn main() {
         Scenario::Rooms(a) => a.common.clone(),
         Scenario::Churn(a) => a.fanout.common.clone(),
         Scenario::Rpc(a) => a.common.clone(),
+        Scenario::Soak(a) => a.common.clone(),
     };
     let publish_on = match &cli.scenario {
         Scenario::Fanout(a) => a.publish_on,
@@ -619,6 +693,7 @@ async fn main() {
             fanout(a.fanout, Some(rate)).await
         }
         Scenario::Rpc(a) => rpc::run(a).await,
+        Scenario::Soak(a) => soak::run(a).await,
     };
     match result {
         Ok(mut v) => {
@@ -632,6 +707,10 @@ async fn main() {
                 .collect::<Vec<_>>());
             v["targets"] = json!(common.addrs.len());
             println!("{v}");
+            // A soak that found a problem says so in its exit status too.
+            if v["pass"] == json!(false) {
+                std::process::exit(3);
+            }
         }
         Err(e) => {
             eprintln!("roomcast-bench: {e}");
@@ -650,6 +729,20 @@ mod tests {
         assert_eq!(spread(0, 5, 1), vec![5]);
         // The members of room 1 of 4 members each are connections 4..8.
         assert_eq!(spread(4, 4, 3), vec![1, 2, 1]);
+    }
+
+    #[test]
+    fn slow_subscribers_are_spread_and_counted_exactly() {
+        for (clients, percent) in [(10_000, 1.0), (21, 10.0), (7, 50.0), (5, 100.0), (50, 0.0)] {
+            let slow = slow_count(clients, percent);
+            let picked: Vec<usize> = (0..clients)
+                .filter(|&i| is_slow(i, clients, slow))
+                .collect();
+            assert_eq!(picked.len(), slow, "{clients} {percent}");
+        }
+        assert_eq!(slow_count(10_000, 1.0), 100);
+        assert!(is_slow(0, 10_000, 100) && is_slow(100, 10_000, 100));
+        assert!(!is_slow(1, 10_000, 100) && !is_slow(10_000, 10_000, 100));
     }
 
     #[test]

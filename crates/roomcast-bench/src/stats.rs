@@ -166,3 +166,105 @@ pub fn cpu_seconds() -> f64 {
     // utime and stime are fields 14 and 15 of stat; here (after pid and comm) at 11 and 12.
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// Samples of a server's `/metrics` page: `name` or `name{labels}` → value.
+pub type Samples = std::collections::BTreeMap<String, f64>;
+
+/// Reads `http://<addr>/metrics` (Prometheus text), within 10 s.
+pub async fn scrape(http: &reqwest::Client, addr: std::net::SocketAddr) -> Result<Samples, String> {
+    let body = http
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    Ok(parse_samples(&body))
+}
+
+/// Parses the Prometheus text format's sample lines (comments are skipped).
+pub fn parse_samples(body: &str) -> Samples {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.trim().to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of one sample over several scrapes (0 where it is missing).
+pub fn sum_of(scrapes: &[Samples], name: &str) -> f64 {
+    scrapes
+        .iter()
+        .map(|s| s.get(name).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// A process's thread count (`Threads:` in /proc/<pid>/status; 0 if unreadable).
+pub fn threads(pid: u32) -> u64 {
+    status_field(pid, "Threads:")
+}
+
+/// How many files a process has open (entries of /proc/<pid>/fd; 0 if unreadable).
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The least-squares slope of `y` over `x` (`None` with fewer than two
+/// distinct `x`).
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_is_parsed() {
+        let s = parse_samples(
+            "# HELP a x\n# TYPE a counter\na 3\nroomcast_disconnects_total{code=\"4001\"} 7\n",
+        );
+        assert_eq!(s.get("a"), Some(&3.0));
+        assert_eq!(
+            s.get("roomcast_disconnects_total{code=\"4001\"}"),
+            Some(&7.0)
+        );
+        assert_eq!(sum_of(&[s.clone(), s], "a"), 6.0);
+    }
+
+    #[test]
+    fn slope_is_least_squares() {
+        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), Some(2.0));
+        assert_eq!(slope(&[(1.0, 1.0)]), None);
+        assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0)]), None);
+        let s = slope(&[(0.0, 0.0), (1.0, 1.0), (2.0, 1.0), (3.0, 2.0)]).unwrap();
+        assert!((s - 0.6).abs() < 1e-9, "{s}");
+    }
+}
