@@ -219,33 +219,69 @@ async fn sigint_drains_like_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
-/// `shutdown.drain_ms`: a client that never answers the close (it reads
-/// nothing after its handshake) does not hold the process: during the drain
-/// `/healthz` says 503, and once the drain expires the process exits 0.
+/// `shutdown.drain_ms`: a connection that cannot finish does not hold the
+/// process. The client reads nothing, with a tiny receive buffer, while 10 MiB
+/// of publications are queued for it, so the server's writes (and its close
+/// frame) are stuck behind a full TCP window for as long as the write timeout
+/// allows (a minute here). During the drain `/healthz` says 503 and the
+/// connection is still open; once the drain expires the process exits 0.
 #[tokio::test]
-async fn the_drain_ends_after_drain_ms_when_a_client_never_closes() {
-    let mut node = Node::start(&[("ROOMCAST_SHUTDOWN_DRAIN_MS", "1500")]).await;
-    let mut stuck = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+async fn the_drain_ends_after_drain_ms_when_a_client_never_finishes() {
+    let mut node = Node::start(&[
+        ("ROOMCAST_SHUTDOWN_DRAIN_MS", "1500"),
+        ("ROOMCAST_HEARTBEAT_INTERVAL_MS", "30000"),
+        ("ROOMCAST_HEARTBEAT_TIMEOUT_MS", "30000"),
+        ("ROOMCAST_LIMITS_MAX_QUEUE_BYTES", "67108864"),
+    ])
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(node.addr.parse().unwrap()).await.unwrap();
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         node.addr
     );
     stuck.write_all(req.as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    tokio::time::timeout(WAIT, stuck.read_exact(&mut head))
-        .await
-        .expect("the upgrade answered")
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
-    // The node counts it before the signal.
-    node.until_metric("roomcast_connections", |v| v == 1.0)
-        .await;
+    // The 101 answer and the welcome frame (unmasked text, under 64 KiB).
+    let mut got = Vec::new();
+    let welcome: Value = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = stuck.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed during the upgrade");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                assert!(got.starts_with(b"HTTP/1.1 101"));
+                let frame = &got[end + 4..];
+                let (len, at) = match frame.get(1) {
+                    Some(126) if frame.len() >= 4 => {
+                        (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4)
+                    }
+                    Some(&n) if n < 126 => (n as usize, 2),
+                    _ => continue,
+                };
+                if frame.len() >= at + len {
+                    return serde_json::from_slice(&frame[at..at + len]).unwrap();
+                }
+            }
+        }
+    })
+    .await
+    .expect("the upgrade and the welcome");
+    let conn = welcome["conn"].as_str().expect("a conn id").to_owned();
+    node.api("join", json!({"conn": conn, "room": "d"})).await;
+    let chunk = "x".repeat(256 * 1024);
+    for _ in 0..40 {
+        node.api("publish", json!({"room": "d", "event": "e", "data": chunk}))
+            .await;
+    }
     node.signal("-TERM");
-    // Draining: the listener answers 503 while the stuck client is open.
+    // Draining, with the stuck connection still open.
     let health = reqwest::get(format!("http://{}/healthz", node.addr))
         .await
         .unwrap();
     assert_eq!(health.status(), 503);
+    assert_eq!(node.metric("roomcast_connections").await, 1.0);
     let status = node.exit().await;
     assert!(status.success(), "{status:?}");
     drop(stuck);

@@ -683,6 +683,52 @@ async fn a_connect_call_that_reached_the_backend_is_not_retried() {
     srv.stop().await;
 }
 
+/// `proxy.retries` on a refused connection: while the connect proxy's port
+/// refuses connections, a handshake with `retries = 0` is refused at once;
+/// with enough retries (50 ms doubling backoff) it is let in once the
+/// backend comes up on that port.
+#[tokio::test]
+async fn a_connect_call_refused_at_the_tcp_level_is_retried() {
+    // A free port, closed again: connections to it are refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let proxied = |retries| {
+        let mut cfg = config();
+        cfg.auth.mode = AuthMode::Proxy;
+        cfg.proxy.connect_url = format!("http://127.0.0.1:{port}/connect");
+        cfg.proxy.retries = retries;
+        cfg
+    };
+    let srv = start(proxied(0)).await;
+    let closed = Client::connect(srv.addr, "/ws").await.closed().await;
+    assert!(closed.code.is_some_and(|c| c >= 4000), "{closed:?}");
+    srv.stop().await;
+
+    let srv = start(proxied(10)).await;
+    let addr = srv.addr;
+    let client = tokio::spawn(async move {
+        let mut c = Client::connect(addr, "/ws").await;
+        c.welcome().await
+    });
+    // The backend is down for a while (an outage, not a synchronisation),
+    // then comes up on the port the server keeps trying.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port is still free");
+    let app = axum::Router::new().route(
+        "/connect",
+        axum::routing::post(|| async { axum::Json(json!({"user": "ann"})) }),
+    );
+    let backend = tokio::spawn(async move { axum::serve(listener, app).await });
+    let welcome = bounded("the retried handshake", client).await.unwrap();
+    assert_eq!(welcome["user"], "ann", "{welcome}");
+    backend.abort();
+    srv.stop().await;
+}
+
 /// `proxy.webhook_queue`: with the receiver hanging, events beyond the queue
 /// (and the one in flight) are dropped and counted in
 /// `roomcast_webhooks_dropped_total`; clients are not held up.
