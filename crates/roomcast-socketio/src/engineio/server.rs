@@ -261,7 +261,10 @@ impl EngineIo {
                 self.close(&session, CloseReason::Server(Disconnect::SLOW));
                 return;
             }
+            // Biased: a pong that arrived before the deadline counts even when
+            // this task gets to run after it.
             tokio::select! {
+                biased;
                 _ = session.closed.cancelled() => return,
                 _ = &mut waiting => {}
                 _ = tokio::time::sleep_until(deadline) => {
