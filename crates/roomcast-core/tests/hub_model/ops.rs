@@ -26,6 +26,7 @@ impl World {
             pos: HashMap::new(),
             mark_seq: HashMap::new(),
             closed: false,
+            held: false,
         });
         Ok(self.clients.len() - 1)
     }
@@ -263,7 +264,8 @@ impl World {
             }
             78..=87 => self.reconnect(rng).await?,
             88..=93 => self.resume_in_room(rng).await?,
-            94..=97 => self.resume_fresh(rng).await?,
+            94..=95 => self.resume_fresh(rng).await?,
+            96..=97 => self.resume_while_publishing(rng).await?,
             _ => {
                 let node = rng.below(nodes);
                 let room = rng.pick(&["h-small", "h-big"]);
@@ -521,6 +523,76 @@ impl World {
             .map_err(|e| format!("join_since: {e}"))?;
         self.compare_recoveries(&[got], std::slice::from_ref(&want))?;
         self.model_rejoin(i, &[want]);
+        Ok(())
+    }
+
+    /// A connection joins a room with history from a position while the
+    /// server publishes to the room between its join and its read of the
+    /// stream: it gets those publications once, from the replay, after the
+    /// reply; the other members get them live.
+    async fn resume_while_publishing(&mut self, rng: &mut Rng) -> Check {
+        let i = rng.below(self.clients.len());
+        let room = rng.pick(&["h-small", "h-big"]);
+        if self.clients[i].rooms.iter().any(|r| r == room) {
+            return Ok(());
+        }
+        let from = match self.clients[i].pos.get(room) {
+            Some(&(generation, offset)) if rng.chance(60) => {
+                From::Offset(self.epoch(room, generation)?, offset)
+            }
+            _ => self.random_from(rng, room)?,
+        };
+        let node = rng.below(self.hubs.len());
+        let burst = 1 + rng.below(6);
+        let ids: Vec<u64> = (0..burst).map(|_| self.next_id()).collect();
+        self.note(format!(
+            "{} resumes {room} from {} while node {node} publishes {ids:?}",
+            self.clients[i].label,
+            describe(&from)
+        ));
+        self.count("resume while publishing");
+        self.history.armed.store(true, Ordering::Release);
+        let (hub, conn, gate) = (&self.hubs[node], &self.clients[i].conn, &self.history);
+        let join = conn.join_since(room, since(&from), |r| Some(reply_frame(r)));
+        let publish = async {
+            let read = tokio::time::timeout(DEADLINE, gate.arrived.notified()).await;
+            let mut out = Vec::new();
+            for id in &ids {
+                let p = Publication::json(Target::Room(room.into()), room, id).unwrap();
+                out.push(hub.publish(p).await);
+            }
+            gate.proceed.notify_one();
+            (read.is_ok(), out)
+        };
+        let (got, (read, published)) = tokio::join!(join, publish);
+        ensure!(
+            read,
+            "the join did not read the history within {DEADLINE:?}"
+        );
+        let got = got.map_err(|e| format!("join_since: {e}"))?;
+        // The join took effect (presence events) before the publications.
+        self.model_join(i, room, false);
+        self.clients[i].held = true;
+        for (id, n) in ids.iter().zip(published) {
+            let want = self.model_publish(&To::Room(room), *id, None, node);
+            ensure!(
+                matches!(n, Ok(n) if n == want),
+                "publish: {n:?}, the model {want} local"
+            );
+        }
+        self.clients[i].held = false;
+        // The read found them all; the join's position and mark are its top.
+        let mut want = self.expect_join(i, room, &from, None)?;
+        want.joined = true;
+        let s = &self.streams[room];
+        let (top, seq) = ((s.generation, s.top), s.top_seq);
+        self.compare_recoveries(&[got], std::slice::from_ref(&want))?;
+        self.count(want.case);
+        let c = &mut self.clients[i];
+        c.pos.insert(room.to_owned(), top);
+        c.mark_seq.insert(room.to_owned(), seq);
+        c.expect.push(format!("rec {room} {}", want.recovered));
+        c.expect.extend(want.replay.into_iter().map(|r| r.1));
         Ok(())
     }
 
