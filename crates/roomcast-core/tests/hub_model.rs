@@ -12,7 +12,9 @@
 //! reconnect of a closed connection with a join that resumes each room from
 //! the last position it saw (`rejoin` or one `join_since` per room), a
 //! resume from a random, stale, future or unknown position, a resume by a
-//! connection already in the room, and removal of a room's history. Rooms:
+//! connection already in the room, a resume whose history read is held
+//! open while the server publishes to the room (a gated memory store), and
+//! removal of a room's history. Rooms:
 //! `lobby` (no history), `h-small` (history of 4, so resumes often find it
 //! trimmed) and `h-big` (history of 64).
 //!
@@ -48,10 +50,10 @@
 //! `ROOMCAST_MODEL_SEQUENCES=<n>` runs more.
 //!
 //! Each sequence runs on a current-thread runtime and the memory backends
-//! answer at once, so a sequence is deterministic and its steps do not
-//! overlap: races between a resume's history read and live publications
-//! are not exercised here (the hub's unit tests and `late_delivery.rs` hold
-//! those reads back on purpose).
+//! answer at once (but for the gated read above), so a sequence is
+//! deterministic and its steps do not overlap; only the race the gate sets
+//! up (publications between a join and its read of the stream) is
+//! exercised, not arbitrary interleavings on a multi-threaded runtime.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
