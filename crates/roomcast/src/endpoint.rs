@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
@@ -91,11 +93,24 @@ pub(crate) struct EndpointQuery {
 /// `GET <endpoint path>`: takes a place, then upgrades.
 pub(crate) async fn upgrade(
     State(e): State<Arc<Endpoint>>,
-    Path(segment): Path<String>,
-    Query(q): Query<EndpointQuery>,
+    segment: Result<Path<String>, PathRejection>,
+    q: Result<Query<EndpointQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let bad = |status, text: String| crate::wsio::bad_handshake(status, &text);
+    let segment = match segment {
+        Ok(Path(s)) => s,
+        Err(e) => return bad(e.status(), e.body_text()),
+    };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad(e.status(), e.body_text()),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return bad(e.status(), e.body_text()),
+    };
     let room = room_for(&e.config.room, &segment);
     if let Err(err) =
         roomcast_core::room::validate_room_name(&room, e.commands.hub.config().max_room_name_bytes)

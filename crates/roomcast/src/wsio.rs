@@ -42,6 +42,13 @@ pub(crate) fn admit(commands: &Commands) -> Result<Slot, Box<Response>> {
     }
 }
 
+/// A handshake axum's extractors refused (not a WebSocket upgrade, a query
+/// or path that does not decode): the JSON error body with `bad_request`
+/// and the rejection's status and text, instead of axum's plain text.
+pub(crate) fn bad_handshake(status: StatusCode, text: &str) -> Response {
+    refuse(status, Code::BAD_REQUEST, text)
+}
+
 /// The upgrade with the configured buffers and message size limit.
 pub(crate) fn configure(ws: WebSocketUpgrade, commands: &Commands) -> WebSocketUpgrade {
     let c = &commands.config;

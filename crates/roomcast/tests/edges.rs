@@ -296,3 +296,107 @@ async fn two_origin_headers_are_refused() {
         srv.stop().await;
     }
 }
+
+/// A raw request: method, target, extra header lines, body.
+fn req(method: &str, target: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Opens an Engine.IO polling session over raw HTTP and returns its sid.
+async fn polling_sid(addr: SocketAddr) -> String {
+    let (status, _, body) = raw_http(
+        addr,
+        &req("GET", "/socket.io/?EIO=4&transport=polling", "", b""),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let open: Value = serde_json::from_slice(&body[1..]).unwrap();
+    open["sid"].as_str().unwrap().to_owned()
+}
+
+const JSON: &str = "Content-Type: application/json\r\n";
+const TEXT: &str = "Content-Type: text/plain;charset=UTF-8\r\n";
+
+/// Malformed requests to the HTTP API and the Engine.IO polling endpoint,
+/// sent over raw TCP: each gets its documented 4xx status and a JSON error
+/// body with its code, never a 5xx or plain text, and the server keeps
+/// serving afterwards.
+#[tokio::test]
+async fn malformed_http_requests_get_json_4xx() {
+    let mut c = edge_config();
+    c.api.max_body_bytes = 1024;
+    let srv = start(c).await;
+    let sid = polling_sid(srv.addr).await;
+    let sio = |q: &str| format!("/socket.io/?EIO=4&transport=polling{q}");
+    let with_sid = sio(&format!("&sid={sid}"));
+    let fresh_sid = sio(&format!("&sid={}", polling_sid(srv.addr).await));
+    let big = vec![b'x'; 2048];
+    let huge_poll = vec![b'4'; MAX_MESSAGE * 2];
+    let pub_ok = br#"{"room":"lobby","event":"e","data":1}"#;
+    // (what, request, status, error code)
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("GET on a POST endpoint", req("GET", "/api/publish", "", b""), 405, "method_not_allowed"),
+        ("DELETE on a GET endpoint", req("DELETE", "/api/rooms", "", b""), 405, "method_not_allowed"),
+        ("PUT on publish", req("PUT", "/api/publish", JSON, pub_ok), 405, "method_not_allowed"),
+        ("unknown API path", req("GET", "/api/nope", "", b""), 404, "not_found"),
+        ("publish without a body", req("POST", "/api/publish", JSON, b""), 400, "bad_request"),
+        ("publish with broken JSON", req("POST", "/api/publish", JSON, b"{\"room\":"), 400, "bad_request"),
+        ("publish with a JSON array", req("POST", "/api/publish", JSON, b"[1,2]"), 400, "bad_request"),
+        ("publish with a mistyped field", req("POST", "/api/publish", JSON, br#"{"room":5}"#), 400, "bad_request"),
+        ("publish with invalid UTF-8", req("POST", "/api/publish", JSON, b"{\"room\":\"\xff\xfe\"}"), 400, "bad_request"),
+        // docs/http-api.md: Content-Type is not checked, the body must be JSON.
+        ("publish as text/plain", req("POST", "/api/publish", TEXT, pub_ok), 200, ""),
+        ("publish without Content-Type", req("POST", "/api/publish", "", pub_ok), 200, ""),
+        ("publish over api.max_body_bytes", req("POST", "/api/publish", JSON, &big), 413, "body_too_large"),
+        ("users with a non-number limit", req("GET", "/api/users?limit=abc", "", b""), 400, "bad_request"),
+        ("presence with bad percent-encoding", req("GET", "/api/presence/%ZZ", "", b""), 400, "invalid_room"),
+        ("history of a non-UTF-8 room", req("GET", "/api/history/%FF%FE", "", b""), 400, "bad_request"),
+        ("query with bad percent-encoding", req("GET", "/api/users?limit=%ZZ", "", b""), 400, "bad_request"),
+        ("Authorization not UTF-8", b"GET /api/rooms HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer \xff\r\n\r\n".to_vec(), 200, ""),
+        ("polling: EIO=3", req("GET", "/socket.io/?EIO=3&transport=polling", "", b""), 400, ""),
+        ("polling: EIO=abc", req("GET", "/socket.io/?EIO=abc&transport=polling", "", b""), 400, ""),
+        ("polling: no EIO", req("GET", "/socket.io/?transport=polling", "", b""), 400, ""),
+        ("polling: unknown transport", req("GET", "/socket.io/?EIO=4&transport=pigeon", "", b""), 400, ""),
+        ("polling: no transport", req("GET", "/socket.io/?EIO=4", "", b""), 400, ""),
+        ("polling: unknown sid", req("GET", &sio("&sid=nope"), "", b""), 400, ""),
+        ("polling: empty sid", req("GET", &sio("&sid="), "", b""), 400, ""),
+        ("polling: bad percent-encoding", req("GET", &sio("&sid=%ZZ"), "", b""), 400, ""),
+        ("polling: POST without sid", req("POST", &sio(""), TEXT, b"4hi"), 400, ""),
+        ("polling: PUT", req("PUT", &with_sid, TEXT, b"4hi"), 400, ""),
+        ("polling: websocket without upgrade", req("GET", "/socket.io/?EIO=4&transport=websocket", "", b""), 400, ""),
+        ("polling: invalid UTF-8 body", req("POST", &with_sid, TEXT, b"4\xff\xfe"), 400, ""),
+        ("polling: POST over max_payload", req("POST", &fresh_sid, TEXT, &huge_poll), 413, ""),
+        ("native /ws without upgrade headers", req("GET", "/ws", "", b""), 400, "bad_request"),
+        ("endpoint without upgrade headers", req("GET", "/room/lobby/", "", b""), 400, "bad_request"),
+        ("endpoint with a non-UTF-8 room", upgrade("/room/%FF%FE/", ""), 400, "bad_request"),
+        ("endpoint with two token parameters", upgrade("/room/lobby/?token=a&token=b", ""), 400, "bad_request"),
+        ("native /ws with two token parameters", upgrade("/ws?token=a&token=b", ""), 400, "bad_request"),
+        ("native /ws with Sec-WebSocket-Version 8", String::from_utf8(upgrade("/ws", "")).unwrap().replace("Version: 13", "Version: 8").into_bytes(), 400, "bad_request"),
+    ];
+    let (mut report, mut wrong) = (String::new(), Vec::new());
+    for (what, request, status, code) in cases {
+        let (got, head, body) = raw_http(srv.addr, &request).await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        report.push_str(&format!("| {what} | {got} | `{text}` |\n"));
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        let shape_ok = match &json {
+            _ if got < 400 => true,
+            Some(v) if !code.is_empty() => v["error"]["code"] == code,
+            Some(v) => v["message"].is_string() || v["error"].is_object(),
+            None => false,
+        };
+        if got != status || !shape_ok || (got >= 400 && !head.contains("application/json")) {
+            wrong.push(format!("{what}: want {status} {code}, got {head}\n{text}"));
+        }
+    }
+    println!("{report}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    publish(&srv, "lobby", 1).await;
+    srv.stop().await;
+}

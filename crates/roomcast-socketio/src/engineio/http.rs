@@ -189,7 +189,18 @@ pub(super) async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Res
                 if let (Ok(s), false) = (&session, duplicate) {
                     s.state().upgrading = false;
                 }
-                return e.into_response();
+                // axum's rejection is plain text: answer in Engine.IO's JSON shape.
+                let body = serde_json::json!({"code": 3, "message": e.body_text()}).to_string();
+                let mut resp = (
+                    e.status(),
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response();
+                if let Some(h) = cors {
+                    resp.headers_mut().extend(h);
+                }
+                return resp;
             }
         };
         if duplicate {
@@ -221,7 +232,9 @@ pub(super) async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Res
                 Ok(bytes) => eio.post(&s, &bytes, cors),
                 Err(_) => {
                     eio.close(&s, CloseReason::ProtocolError("payload too large".into()));
-                    let mut resp = StatusCode::PAYLOAD_TOO_LARGE.into_response();
+                    let body = serde_json::json!({"code": 3, "message": "Payload too large"});
+                    let mut resp =
+                        (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
                     if let Some(h) = cors {
                         resp.headers_mut().extend(h);
                     }

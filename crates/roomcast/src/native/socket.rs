@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -44,10 +46,18 @@ pub(crate) struct WsQuery {
 /// `GET /ws`: takes a place (one count with Engine.IO sessions), then upgrades.
 pub(crate) async fn upgrade(
     State(e): State<Arc<Endpoint>>,
-    Query(q): Query<WsQuery>,
+    q: Result<Query<WsQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return crate::wsio::bad_handshake(e.status(), &e.body_text()),
+    };
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return crate::wsio::bad_handshake(e.status(), &e.body_text()),
+    };
     // The place is taken before the upgrade, so the answer is exact.
     let slot = match crate::wsio::admit(&e.commands) {
         Ok(slot) => slot,
