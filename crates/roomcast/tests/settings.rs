@@ -418,8 +418,15 @@ async fn jwt_leeway_accepts_a_token_just_expired_and_refuses_one_beyond() {
     let mut cfg = jwt_config();
     cfg.auth.jwt.leeway_s = 30;
     let srv = start(cfg).await;
-    let within = hs256(SECRET, &json!({"sub": "a", "exp": now() - 10}));
+    let exp = now() - 10;
+    let within = hs256(SECRET, &json!({"sub": "a", "exp": exp}));
     assert_eq!(upgrade_with(&srv, &within).await, None);
+    // And the connection it opens lives until exp + leeway (it used to be
+    // closed with 4504 right after the welcome, its timer set to `exp`).
+    let mut c = Client::connect(srv.addr, &format!("/ws?token={within}")).await;
+    assert_eq!(c.welcome().await["expires_at"], exp + 30);
+    c.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(c.recv_type("pong").await["id"], 1);
     let beyond = hs256(SECRET, &json!({"sub": "a", "exp": now() - 60}));
     let (code, reason) = upgrade_with(&srv, &beyond).await.expect("refused");
     assert_eq!(code, Some(4504), "{reason}");

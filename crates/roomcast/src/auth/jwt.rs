@@ -246,7 +246,9 @@ impl Verifier {
         }
         Ok(Claims {
             user: raw.sub,
-            expires_at: raw.exp,
+            // The leeway that let the token in also holds off its expiry:
+            // otherwise a connection accepted within it is closed at once.
+            expires_at: raw.exp.map(|e| e.saturating_add(self.leeway)),
             rooms: raw.rooms,
             info: raw.info,
         })
