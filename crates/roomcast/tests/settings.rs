@@ -540,24 +540,32 @@ async fn history_ttl_expires_publications_into_recovered_false() {
     srv.stop().await;
 }
 
-/// `history.meta_ttl`, with the history in Redis: the stream position
-/// outlives the last publication by it, then is forgotten: a client resuming
-/// from its end, though it missed nothing, is told `recovered: false`, and the
-/// room starts a new epoch. (The in-memory store does not forget a quiet
-/// stream; see the report in docs/reliability.md.)
+/// `history.meta_ttl`, with the history in Redis and in memory: the stream
+/// position outlives the last publication by it, then is forgotten: a client
+/// resuming from its end, though it missed nothing, is told `recovered:
+/// false`, and the room starts a new epoch. (The in-memory store used to
+/// forget a quiet stream only at a sweep every 4,096 publications.)
 #[tokio::test]
 async fn history_meta_ttl_forgets_the_stream_into_recovered_false() {
     let redis = roomcast_redis::testing::RedisServer::start();
+    meta_ttl_case(Some(redis.url())).await;
+    meta_ttl_case(None).await;
+}
+
+async fn meta_ttl_case(broker: Option<String>) {
     let mut cfg = config();
-    cfg.broker.url = redis.url();
+    let on_redis = broker.is_some();
+    cfg.broker.url = broker.unwrap_or_default();
     cfg.history.size = 10;
     cfg.history.ttl = 1;
     cfg.history.meta_ttl = 1;
     let srv = start(cfg).await;
-    until("the node is on Redis", || async {
-        (srv.metric("roomcast_redis_connected").await == 1.0).then_some(())
-    })
-    .await;
+    if on_redis {
+        until("the node is on Redis", || async {
+            (srv.metric("roomcast_redis_connected").await == 1.0).then_some(())
+        })
+        .await;
+    }
     publish_to(&srv, "m:1").await;
     let (_, page) = srv.get("/api/history/m:1").await;
     let since = json!({"offset": page["offset"], "epoch": page["epoch"]});

@@ -126,7 +126,43 @@ struct State {
     since_sweep: usize,
 }
 
-/// How often (in publications) idle streams are looked for.
+impl State {
+    /// The stream of `room`, unless it was idle for `meta_ttl` or more: a
+    /// forgotten stream is removed here, whenever a sweep would have come.
+    fn live(&mut self, room: &str, now: Instant, meta_ttl: Duration) -> Option<&mut Stream> {
+        let stale = self
+            .rooms
+            .get(room)
+            .is_some_and(|s| now.saturating_duration_since(s.touched) >= meta_ttl);
+        if stale {
+            self.rooms.remove(room);
+        }
+        self.rooms.get_mut(room)
+    }
+
+    /// Every `SWEEP_EVERY` operations that may add a stream or a session,
+    /// drops the idle ones, so rooms opened once and never used again do not
+    /// stay for ever.
+    fn count_and_sweep(&mut self, now: Instant, meta_ttl: Duration) {
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.rooms
+                .retain(|_, s| now.saturating_duration_since(s.touched) < meta_ttl);
+            self.sessions.retain(|_, (until, _)| *until > now);
+        }
+    }
+
+    /// The stream of `room`, a new one if it had none or it was forgotten.
+    fn stream(&mut self, room: &str, now: Instant, meta_ttl: Duration) -> &mut Stream {
+        if self.live(room, now, meta_ttl).is_none() {
+            self.rooms.insert(room.to_owned(), Stream::new(now));
+        }
+        self.rooms.get_mut(room).expect("just inserted")
+    }
+}
+
+/// How often (in publications, opens and kept sessions) idle streams are looked for.
 const SWEEP_EVERY: usize = 4096;
 
 /// Streams in memory; see the module docs.
@@ -176,20 +212,10 @@ impl MemoryHistory {
         let now = Instant::now();
         let mut state = self.lock();
         let st = &mut *state;
-        st.since_sweep += 1;
-        if st.since_sweep >= SWEEP_EVERY {
-            st.since_sweep = 0;
-            let ttl = self.meta_ttl;
-            st.rooms
-                .retain(|_, s| now.saturating_duration_since(s.touched) < ttl);
-            st.sessions.retain(|_, (until, _)| *until > now);
-        }
+        st.count_and_sweep(now, self.meta_ttl);
         st.seq += 1;
         let seq = st.seq;
-        let stream = st
-            .rooms
-            .entry(room.clone())
-            .or_insert_with(|| Stream::new(now));
+        let stream = st.stream(room, now, self.meta_ttl);
         stream.top += 1;
         stream.top_seq = seq;
         stream.touched = now;
@@ -249,7 +275,7 @@ impl HistoryStore for MemoryHistory {
     ) -> BoxFuture<'_, Result<HistoryPage, HistoryError>> {
         let now = Instant::now();
         let mut state = self.lock();
-        let page = match state.rooms.get_mut(room) {
+        let page = match state.live(room, now, self.meta_ttl) {
             Some(stream) => {
                 stream.prune(now, limits);
                 stream.read(since, limit)
@@ -272,12 +298,9 @@ impl HistoryStore for MemoryHistory {
         _limits: &HistoryLimits,
     ) -> BoxFuture<'_, Result<StreamPosition, HistoryError>> {
         let now = Instant::now();
-        let top = self
-            .lock()
-            .rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| Stream::new(now))
-            .top();
+        let mut state = self.lock();
+        state.count_and_sweep(now, self.meta_ttl);
+        let top = state.stream(room, now, self.meta_ttl).top();
         Box::pin(std::future::ready(Ok(top)))
     }
 
@@ -292,8 +315,10 @@ impl HistoryStore for MemoryHistory {
         record: String,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), HistoryError>> {
-        let until = Instant::now() + ttl;
-        self.lock().sessions.insert(key.to_owned(), (until, record));
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.count_and_sweep(now, self.meta_ttl);
+        state.sessions.insert(key.to_owned(), (now + ttl, record));
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -312,6 +337,31 @@ impl HistoryStore for MemoryHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream idle for `meta_ttl` is forgotten when it is next read or
+    /// opened, not only at a sweep (which a quiet node may never reach): a
+    /// client resuming from it is told it was not recovered, in a new epoch.
+    #[tokio::test]
+    async fn an_idle_stream_is_forgotten_after_meta_ttl() {
+        let store = MemoryHistory::with_meta_ttl(Duration::from_millis(30));
+        let limits = HistoryLimits {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        };
+        let first = store.open("r", &limits).await.unwrap();
+        let p = Publication::json(Target::Room("r".into()), "e", &1).unwrap();
+        let published = store.publish(NodeId(1), p, &limits).await.unwrap();
+        let since = Since::Offset {
+            offset: 0,
+            epoch: published.position.epoch.to_string(),
+        };
+        assert!(store.read("r", &since, 10, &limits).await.unwrap().complete);
+        std::thread::sleep(Duration::from_millis(40));
+        let page = store.read("r", &since, 10, &limits).await.unwrap();
+        assert!(!page.complete, "the stream was forgotten");
+        let again = store.open("r", &limits).await.unwrap();
+        assert_ne!(again.epoch, first.epoch, "a new stream, in a new epoch");
+    }
 
     #[tokio::test]
     async fn passes_the_shared_suite() {
