@@ -47,6 +47,12 @@ impl Disconnect {
 
     /// 1000: the client closed the connection normally.
     pub const NORMAL: Disconnect = Disconnect::known(1000, "normal");
+    /// 1002: the client broke the WebSocket framing rules (RFC 6455 §7.4.1):
+    /// reserved bits, an unmasked frame, a fragmented or oversize control
+    /// frame, an unknown opcode, a stray continuation.
+    pub const WS_PROTOCOL: Disconnect = Disconnect::known(1002, "websocket protocol error");
+    /// 1007: a text frame (or a close reason) that is not valid UTF-8.
+    pub const INVALID_UTF8: Disconnect = Disconnect::known(1007, "invalid UTF-8");
     /// 1009: a frame or message was larger than `limits.max_message_bytes`.
     pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::known(1009, "message too big");
     /// 1011: an unexpected server error.
@@ -88,6 +94,8 @@ impl Disconnect {
     /// Every code of the table, for documentation and tests.
     pub const TABLE: &'static [Disconnect] = &[
         Disconnect::NORMAL,
+        Disconnect::WS_PROTOCOL,
+        Disconnect::INVALID_UTF8,
         Disconnect::MESSAGE_TOO_BIG,
         Disconnect::INTERNAL,
         Disconnect::SHUTDOWN,

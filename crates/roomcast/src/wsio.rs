@@ -68,18 +68,6 @@ pub(crate) fn connect_failed(err: &ConnectError) -> Disconnect {
     }
 }
 
-/// 1002: the client broke the WebSocket framing rules (RFC 6455 §7.4.1).
-pub(crate) const WS_PROTOCOL: Disconnect = Disconnect {
-    code: 1002,
-    reason: std::borrow::Cow::Borrowed("websocket protocol error"),
-};
-
-/// 1007: a text frame (or a close reason) that is not valid UTF-8.
-pub(crate) const INVALID_UTF8: Disconnect = Disconnect {
-    code: 1007,
-    reason: std::borrow::Cow::Borrowed("invalid UTF-8"),
-};
-
 /// What a read error means: an oversize message or frame is closed with
 /// 1009 (tungstenite's capacity error), invalid UTF-8 with 1007, a framing
 /// violation (reserved bits, an unmasked frame, a fragmented or oversize
@@ -90,11 +78,11 @@ pub(crate) fn read_error(e: &axum::Error) -> Option<Disconnect> {
     let inner = std::error::Error::source(e)?.downcast_ref::<tungstenite::Error>()?;
     match inner {
         tungstenite::Error::Capacity(_) => Some(Disconnect::MESSAGE_TOO_BIG),
-        tungstenite::Error::Utf8(_) => Some(INVALID_UTF8),
+        tungstenite::Error::Utf8(_) => Some(Disconnect::INVALID_UTF8),
         tungstenite::Error::Protocol(
             P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing,
         ) => None,
-        tungstenite::Error::Protocol(_) => Some(WS_PROTOCOL),
+        tungstenite::Error::Protocol(_) => Some(Disconnect::WS_PROTOCOL),
         _ => None,
     }
 }
