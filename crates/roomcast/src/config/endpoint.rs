@@ -52,6 +52,18 @@ impl EndpointConfig {
                 self.path
             ));
         }
+        // The router (axum 0.8) refuses a segment that starts with ':' or '*'
+        // (the capture syntax of older versions) by panicking at startup.
+        if let Some(seg) = self
+            .path
+            .split('/')
+            .find(|seg| seg.starts_with([':', '*']))
+        {
+            return Err(format!(
+                "{key}.path segments may not start with ':' or '*', got {seg:?} in {:?}",
+                self.path
+            ));
+        }
         let captures = self
             .path
             .split('/')
@@ -120,4 +132,22 @@ pub enum EndpointMode {
     /// `websocket.receive`, with `websocket.connect` and
     /// `websocket.disconnect` around them, for a Django worker.
     Channel,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths the router cannot take are configuration errors, not a panic
+    /// at startup (found by fuzzing `endpoint_path`).
+    #[test]
+    fn paths_the_router_refuses_are_configuration_errors() {
+        for path in ["/:s/{room}", "/ws/*x/{room}/", "/a/{room}/:b"] {
+            let e = EndpointConfig::relay(path).validate(0).unwrap_err();
+            assert!(e.contains("may not start with ':' or '*'"), "{path}: {e}");
+        }
+        for path in ["/ws/chat/{room}/", "/a:b/{room}", "/x*/{room}"] {
+            EndpointConfig::relay(path).validate(0).unwrap();
+        }
+    }
 }
