@@ -424,9 +424,13 @@ async fn max_in_flight_bounds_backend_requests() {
 #[tokio::test]
 async fn refused_rpc_is_retried() {
     for retries in [0, 6] {
-        let (port, url) = refused_url("rpc");
+        // Bound but not listening: connections are refused, and the port
+        // stays ours until the backend listens on it.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
         let mut c = proxy_config();
-        c.proxy.rpc_url = url;
+        c.proxy.rpc_url = format!("http://127.0.0.1:{port}/rpc");
         c.proxy.retries = retries;
         let srv = start(c).await;
         let mut caller = srv.user("caller").await;
@@ -436,8 +440,11 @@ async fn refused_rpc_is_retried() {
         let backend = if retries > 0 {
             // Let the first attempts be refused, then open the port.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-            Some(FakeBackend::on(l, 0, Fault::Delay(0)))
+            Some(FakeBackend::on(
+                socket.listen(128).unwrap(),
+                0,
+                Fault::Delay(0),
+            ))
         } else {
             None
         };

@@ -702,11 +702,11 @@ async fn a_connect_call_that_reached_the_backend_is_not_retried() {
 /// backend comes up on that port.
 #[tokio::test]
 async fn a_connect_call_refused_at_the_tcp_level_is_retried() {
-    // A free port, closed again: connections to it are refused.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port held by a socket that is bound but not listening: connections
+    // to it are refused, and no other process can take it meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let proxied = |retries| {
         let mut cfg = config();
         cfg.auth.mode = AuthMode::Proxy;
@@ -728,9 +728,7 @@ async fn a_connect_call_refused_at_the_tcp_level_is_retried() {
     // The backend is down for a while (an outage, not a synchronisation),
     // then comes up on the port the server keeps trying.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("the port is still free");
+    let listener = socket.listen(128).unwrap();
     let app = axum::Router::new().route(
         "/connect",
         axum::routing::post(|| async { axum::Json(json!({"user": "ann"})) }),

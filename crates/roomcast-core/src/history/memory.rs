@@ -343,7 +343,7 @@ mod tests {
     /// client resuming from it is told it was not recovered, in a new epoch.
     #[tokio::test]
     async fn an_idle_stream_is_forgotten_after_meta_ttl() {
-        let store = MemoryHistory::with_meta_ttl(Duration::from_millis(30));
+        let store = MemoryHistory::with_meta_ttl(Duration::from_millis(300));
         let limits = HistoryLimits {
             size: 10,
             ttl: Duration::from_secs(60),
@@ -356,7 +356,7 @@ mod tests {
             epoch: published.position.epoch.to_string(),
         };
         assert!(store.read("r", &since, 10, &limits).await.unwrap().complete);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(400));
         let page = store.read("r", &since, 10, &limits).await.unwrap();
         assert!(!page.complete, "the stream was forgotten");
         let again = store.open("r", &limits).await.unwrap();

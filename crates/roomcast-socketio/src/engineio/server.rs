@@ -368,15 +368,15 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn expiry_is_judged_when_a_request_arrives() {
         let config = EngineConfig {
-            ping_interval: Duration::from_millis(20),
-            ping_timeout: Duration::from_millis(20),
+            ping_interval: Duration::from_millis(200),
+            ping_timeout: Duration::from_millis(200),
             ..EngineConfig::default()
         };
         let eio = EngineIo::new(config, Arc::new(Quiet));
         let slot = eio.admission.admit().unwrap();
         let session = eio.open_session(HeaderMap::new(), false, slot);
         assert!(eio.check_pong(&session), "a fresh session is open");
-        std::thread::sleep(Duration::from_millis(45));
+        std::thread::sleep(Duration::from_millis(450));
         assert!(
             !eio.check_pong(&session),
             "past pingInterval + pingTimeout without a pong, the session is expired"
@@ -402,6 +402,13 @@ mod tests {
         assert!(
             eio.check_pong(&session),
             "past the first deadline (200 ms) but 80 ms after a pong (200 ms allowed)"
+        );
+        // And the pong set a deadline (it used to clear it): 200 ms after it,
+        // with no pong since, the session is expired.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            !eio.check_pong(&session),
+            "expired 200 ms after the last pong"
         );
     }
 }

@@ -138,8 +138,6 @@ impl TestServer {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    /// The value of one sample of `/metrics`, e.g.
-    /// `roomcast_auth_failures_total{reason="expired"}`; 0 when it is absent.
     /// The value of one sample of `/metrics`, e.g. `roomcast_joins_total` or
     /// `roomcast_disconnects_total{code="4001"}`. A labelled sample not seen
     /// yet reads 0, but the metric itself must be on the page (its `# TYPE`
