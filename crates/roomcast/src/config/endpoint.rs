@@ -54,11 +54,7 @@ impl EndpointConfig {
         }
         // The router (axum 0.8) refuses a segment that starts with ':' or '*'
         // (the capture syntax of older versions) by panicking at startup.
-        if let Some(seg) = self
-            .path
-            .split('/')
-            .find(|seg| seg.starts_with([':', '*']))
-        {
+        if let Some(seg) = self.path.split('/').find(|seg| seg.starts_with([':', '*'])) {
             return Err(format!(
                 "{key}.path segments may not start with ':' or '*', got {seg:?} in {:?}",
                 self.path
