@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,13 +105,27 @@ class Command(BaseCommand):
             return
         with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="roomcast-", delete=False) as f:
             f.write(text)
+        # The package's own variables are not server settings.
+        env = {k: v for k, v in os.environ.items() if k not in ("ROOMCAST_BIN", "ROOMCAST_URL")}
+        server = subprocess.Popen([executable(), "serve", "--config", f.name], env=env)
+
+        def stop(signum: int, frame: Any) -> None:
+            # Stopping this command stops the server (it drains and exits)
+            # instead of leaving it running without a parent.
+            server.terminate()
+
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
-            # The package's own variables are not server settings.
-            env = {k: v for k, v in os.environ.items() if k not in ("ROOMCAST_BIN", "ROOMCAST_URL")}
-            code = subprocess.call([executable(), "serve", "--config", f.name], env=env)
+            code = server.wait()
         except KeyboardInterrupt:
+            # Ctrl-C reached the server too (same process group): let it drain.
+            code = server.wait()
             code = 0
         finally:
+            signal.signal(signal.SIGTERM, previous)
+            if server.poll() is None:
+                server.kill()
+                server.wait()
             os.unlink(f.name)
         if code:
             sys.exit(code)
