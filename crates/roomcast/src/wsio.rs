@@ -68,23 +68,10 @@ pub(crate) fn connect_failed(err: &ConnectError) -> Disconnect {
     }
 }
 
-/// What a read error means: an oversize message or frame is closed with
-/// 1009 (tungstenite's capacity error), invalid UTF-8 with 1007, a framing
-/// violation (reserved bits, an unmasked frame, a fragmented or oversize
-/// control frame, an unknown opcode, a stray continuation) with 1002;
-/// anything else is a client gone away, which gets no close frame.
+/// What a read error means (close 1009, 1007, 1002, or none for a client
+/// gone away): the one mapping every WebSocket front end uses.
 pub(crate) fn read_error(e: &axum::Error) -> Option<Disconnect> {
-    use tungstenite::error::ProtocolError as P;
-    let inner = std::error::Error::source(e)?.downcast_ref::<tungstenite::Error>()?;
-    match inner {
-        tungstenite::Error::Capacity(_) => Some(Disconnect::MESSAGE_TOO_BIG),
-        tungstenite::Error::Utf8(_) => Some(Disconnect::INVALID_UTF8),
-        tungstenite::Error::Protocol(
-            P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing,
-        ) => None,
-        tungstenite::Error::Protocol(_) => Some(Disconnect::WS_PROTOCOL),
-        _ => None,
-    }
+    roomcast_socketio::engineio::ws_read_error(e)
 }
 
 pub(crate) fn to_message(frame: Frame) -> Message {

@@ -38,3 +38,4 @@ pub use handler::{CloseReason, EngineHandler, Incoming};
 pub use server::{EngineIo, SessionForwarder};
 pub(crate) use session::random_sid;
 pub use session::Session;
+pub use websocket::ws_read_error;

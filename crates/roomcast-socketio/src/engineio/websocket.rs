@@ -59,7 +59,7 @@ impl EngineIo {
             let code = match &reason {
                 CloseReason::Server(d) => d.code,
                 CloseReason::PingTimeout => Disconnect::HEARTBEAT_TIMEOUT.code,
-                CloseReason::ProtocolError(m) if m == INVALID_UTF8 => 1007,
+                CloseReason::ProtocolError(m) if *m == Disconnect::INVALID_UTF8.reason => 1007,
                 CloseReason::ProtocolError(_) => 1002,
                 CloseReason::MessageTooBig => 1009,
                 _ => 1000,
@@ -167,26 +167,31 @@ impl EngineIo {
     }
 }
 
-/// The reason given to a text frame (or close reason) that is not UTF-8;
-/// its close code is 1007 rather than the 1002 of other protocol errors.
-const INVALID_UTF8: &str = "invalid UTF-8";
-
-/// What a WebSocket read error means: an oversize message (1009), invalid
-/// UTF-8 (1007), a framing violation such as reserved bits, an unmasked
-/// frame, a fragmented or oversize control frame, an unknown opcode or a
-/// stray continuation (1002); anything else is the client gone away.
-fn read_error(e: axum::Error) -> CloseReason {
+/// What a WebSocket read error means, for every WebSocket front end (this
+/// transport, roomcast's native `/ws` and its endpoints): an oversize message
+/// or frame is 1009 (tungstenite's capacity error), invalid UTF-8 1007, a
+/// framing violation (reserved bits, an unmasked frame, a fragmented or
+/// oversize control frame, an unknown opcode, a stray continuation) 1002;
+/// anything else is a client gone away, which gets no close frame.
+pub fn ws_read_error(e: &axum::Error) -> Option<Disconnect> {
     use tungstenite::error::ProtocolError as P;
-    let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
-        return CloseReason::TransportClose;
-    };
-    match *e {
-        tungstenite::Error::Capacity(_) => CloseReason::MessageTooBig,
-        tungstenite::Error::Utf8(_) => CloseReason::ProtocolError(INVALID_UTF8.to_owned()),
+    let inner = std::error::Error::source(e)?.downcast_ref::<tungstenite::Error>()?;
+    match inner {
+        tungstenite::Error::Capacity(_) => Some(Disconnect::MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(Disconnect::INVALID_UTF8),
         tungstenite::Error::Protocol(
             P::ResetWithoutClosingHandshake | P::ReceivedAfterClosing | P::SendAfterClosing,
-        ) => CloseReason::TransportClose,
-        tungstenite::Error::Protocol(p) => CloseReason::ProtocolError(p.to_string()),
-        _ => CloseReason::TransportClose,
+        ) => None,
+        tungstenite::Error::Protocol(_) => Some(Disconnect::WS_PROTOCOL),
+        _ => None,
+    }
+}
+
+/// The session's close reason for a read error (see [`ws_read_error`]).
+fn read_error(e: axum::Error) -> CloseReason {
+    match ws_read_error(&e) {
+        Some(d) if d.code == Disconnect::MESSAGE_TOO_BIG.code => CloseReason::MessageTooBig,
+        Some(d) => CloseReason::ProtocolError(d.reason.into_owned()),
+        None => CloseReason::TransportClose,
     }
 }
