@@ -2,7 +2,9 @@
 //! clients spread over the nodes, the HTTP API on one node acting on clients
 //! of another, a node killed without cleanup, and Redis restarted under load.
 
-use std::process::Stdio;
+#[path = "common/spawn.rs"]
+mod spawn;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +12,6 @@ use roomcast_redis::testing::{RedisCluster, RedisServer};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Node {
@@ -26,39 +27,12 @@ impl Node {
     }
 
     async fn start_with(redis: &str, env: &[(&str, &str)]) -> Node {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--broker", redis])
-            .env("ROOMCAST_BROKER_HEARTBEAT_MS", "250")
-            .env("ROOMCAST_BROKER_NODE_TTL_MS", "2500")
-            .env("ROOMCAST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("CLUSTER_LOG") {
-                Some(p) => Stdio::from(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .unwrap(),
-                ),
-                None => Stdio::null(),
-            })
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the node printed its address")
-            .unwrap()
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap()
-            .to_owned();
+        let mut all = vec![
+            ("ROOMCAST_BROKER_HEARTBEAT_MS", "250"),
+            ("ROOMCAST_BROKER_NODE_TTL_MS", "2500"),
+        ];
+        all.extend_from_slice(env);
+        let (child, addr) = spawn::serve(&["--broker", redis], &all, "CLUSTER_LOG").await;
         Node { child, addr }
     }
 

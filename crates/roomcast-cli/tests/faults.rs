@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "common/spawn.rs"]
+mod spawn;
 #[path = "faults/support.rs"]
 mod support;
 use support::*;

@@ -5,6 +5,9 @@
 //! what they say, and `broker.advertise` is the address other nodes use to
 //! forward long-polling requests.
 
+#[path = "common/spawn.rs"]
+mod spawn;
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 /// The bound on any one wait for something the process does.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -29,28 +31,7 @@ impl Node {
     /// Starts `roomcast serve` on a free port with `env`, waiting for its
     /// "listening on" line.
     async fn start(env: &[(&str, &str)]) -> Node {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("ROOMCAST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the node printed its address")
-            .unwrap()
-            .expect("a first line");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
+        let (child, addr) = spawn::serve(&[], env, "PROCESS_LOG").await;
         Node { child, addr }
     }
 

@@ -3,7 +3,6 @@
 //! stall, and a webhook receiver.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Node {
@@ -26,39 +24,12 @@ impl Node {
     /// Starts a node on the broker `redis` with heartbeats every 250 ms and
     /// nodes dead after 2.5 s (ten missed beats), plus `env`.
     pub async fn start(redis: &str, env: &[(&str, &str)]) -> Node {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--broker", redis])
-            .env("ROOMCAST_BROKER_HEARTBEAT_MS", "250")
-            .env("ROOMCAST_BROKER_NODE_TTL_MS", "2500")
-            .env("ROOMCAST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("FAULTS_LOG") {
-                Some(p) => Stdio::from(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .unwrap(),
-                ),
-                None => Stdio::null(),
-            })
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the node printed its address in time")
-            .unwrap()
-            .expect("the node printed its address");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap()
-            .to_owned();
+        let mut all = vec![
+            ("ROOMCAST_BROKER_HEARTBEAT_MS", "250"),
+            ("ROOMCAST_BROKER_NODE_TTL_MS", "2500"),
+        ];
+        all.extend_from_slice(env);
+        let (child, addr) = crate::spawn::serve(&["--broker", redis], &all, "FAULTS_LOG").await;
         Node { child, addr }
     }
 
