@@ -6,7 +6,7 @@
 //!
 //! Each test prints what it measured (`eprintln!`, see `--nocapture`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -653,17 +653,17 @@ async fn one_of_three_nodes_killed_twenty_times() {
     };
 
     let (mut converged, mut recovered, mut not_recovered) = (Vec::new(), 0, 0);
-    let mut dead_conns = HashSet::new();
+    let mut dead_conns = HashMap::new();
     for round in 0..ROUNDS {
         let k = round % 3;
         let doomed_addr = nodes[k].addr.clone();
         live.lock().unwrap().retain(|a| *a != doomed_addr);
         let leaves_before = log.lock().unwrap().len();
         for m in members.iter().filter(|m| m.pos == k) {
-            dead_conns.insert(m.conn.clone());
+            dead_conns.insert(m.conn.clone(), m.user.to_string());
         }
         for r in resumers.iter().filter(|r| r.pos == k) {
-            dead_conns.insert(r.conn.clone());
+            dead_conns.insert(r.conn.clone(), r.user.clone());
         }
         nodes[k].kill().await;
         let killed = Instant::now();
@@ -769,8 +769,21 @@ async fn one_of_three_nodes_killed_twenty_times() {
         assert!(st.1.is_empty(), "{}: live gaps {:?}", r.user, st.1);
     }
 
-    // Webhooks: which dead connections got a `disconnect`; no live one did.
-    let hooks = hooks.lock().unwrap().clone();
+    // Webhooks: every dead connection got one `disconnect` from the node that
+    // reaped it (posted after the reap, so wait for the last ones); no live one did.
+    let deadline = Instant::now() + WAIT;
+    let hooks = loop {
+        let hooks = hooks.lock().unwrap().clone();
+        let reported: HashSet<&str> = hooks
+            .iter()
+            .filter(|h| h["type"] == "disconnect")
+            .filter_map(|h| h["conn"].as_str())
+            .collect();
+        if dead_conns.keys().all(|c| reported.contains(c.as_str())) || Instant::now() > deadline {
+            break hooks;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let disconnects: Vec<&Value> = hooks.iter().filter(|h| h["type"] == "disconnect").collect();
     let alive: HashSet<&str> = members
         .iter()
@@ -783,9 +796,27 @@ async fn one_of_three_nodes_killed_twenty_times() {
             .all(|d| !alive.contains(d["conn"].as_str().unwrap_or(""))),
         "a disconnect webhook for a live connection: {disconnects:?}"
     );
+    for (conn, user) in &dead_conns {
+        let got: Vec<&&Value> = disconnects
+            .iter()
+            .filter(|d| d["conn"].as_str() == Some(conn.as_str()))
+            .collect();
+        assert_eq!(
+            got.len(),
+            1,
+            "disconnect webhooks for {user}'s dead {conn}: {got:?}"
+        );
+        let d = got[0];
+        assert_eq!(d["reason"], "node died", "{d}");
+        assert_eq!(d["user"].as_str(), Some(user.as_str()), "{d}");
+        assert!(
+            d["reported_by"].is_string() && d["reported_by"] != d["node"],
+            "posted by a survivor about the dead node: {d}"
+        );
+    }
     let for_dead = disconnects
         .iter()
-        .filter(|d| dead_conns.contains(d["conn"].as_str().unwrap_or("")))
+        .filter(|d| dead_conns.contains_key(d["conn"].as_str().unwrap_or("")))
         .count();
 
     converged.sort();

@@ -124,20 +124,22 @@ elseif op == 'heartbeat' then   -- node, info JSON, ttl_ms; returns {was_registe
     table.insert(out, n)
   end
   return out
-elseif op == 'reap' then        -- node, ttl_ms, batch; returns {done, events...}
+elseif op == 'reap' then        -- node, ttl_ms, batch; returns {done, {conn, user, ...}, {leave events}}
   local n = ARGV[3]
   local seen = redis.call('ZSCORE', P .. ':nodes', n)
-  if seen and tonumber(seen) >= now_ms() - tonumber(ARGV[4]) then return {1} end
+  if seen and tonumber(seen) >= now_ms() - tonumber(ARGV[4]) then return {1, {}, {}} end
   local conns = redis.call('SPOP', P .. ':node:' .. n .. ':conns', tonumber(ARGV[5]))
-  local out = {0}
-  for _, c in ipairs(conns) do disconnect(c, out) end
+  local gone, events, done = {}, {}, 0
+  for _, c in ipairs(conns) do
+    table.insert(gone, c); table.insert(gone, redis.call('HGET', P .. ':conn_user', c) or '')
+    disconnect(c, events)
+  end
   if #conns < tonumber(ARGV[5]) then
     redis.call('ZREM', P .. ':nodes', n)
     redis.call('HDEL', P .. ':nodeinfo', n)
-    out[1] = 1
+    done = 1
   end
-  table.insert(out, #conns)
-  return out
+  return {done, gone, events}
 elseif op == 'nodes' then       -- returns {now, node, seen, conns, ...}
   local out = {now_ms()}
   local all = redis.call('ZRANGE', P .. ':nodes', 0, -1, 'WITHSCORES')

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::StreamExt;
 use roomcast_core::broker::Health;
 use roomcast_core::presence::{
     ConnPresence, JoinOutcome, LeaveOutcome, Member, NodeInfo, PresenceError, PresenceStats,
-    PresenceStore, RoomPresence, RoomSummary, UserCount, UserPresence, UsersPage,
+    PresenceStore, ReapListener, Reaped, RoomPresence, RoomSummary, UserCount, UserPresence,
+    UsersPage,
 };
 use roomcast_core::{BoxFuture, ConnId, Envelope, NodeId, Payload, PresenceEvent, PresenceKind};
 
@@ -129,6 +130,8 @@ pub(crate) struct State {
     dirty: AtomicBool,
     /// Where this node serves HTTP, published with its heartbeat.
     address: Mutex<Option<String>>,
+    /// Told of the connections this node reaps.
+    reap_listener: OnceLock<Arc<dyn ReapListener>>,
 }
 
 fn perr(e: impl std::fmt::Display) -> PresenceError {
@@ -143,6 +146,7 @@ impl State {
             mirror: Mutex::new(Mirror::default()),
             dirty: AtomicBool::new(false),
             address: Mutex::new(None),
+            reap_listener: OnceLock::new(),
         });
         tokio::spawn(heartbeat(Arc::downgrade(&state), state.shared.clone()));
         state
@@ -293,24 +297,32 @@ impl State {
         Ok(())
     }
 
-    /// Removes a dead node's entries and announces the leaves they imply.
+    /// Removes a dead node's entries, announces the leaves they imply and
+    /// tells the reap listener which connections went.
     async fn reap(&self, dead: &str, ttl: &str) -> Result<(), PresenceError> {
         let mut total = 0usize;
         loop {
-            let out: Vec<String> = self.op(&["reap", dead, ttl, "500"]).await?;
-            let done = out.first().is_some_and(|v| v == "1");
-            let count: usize = if out.len() > 1 {
-                out.last().and_then(|v| v.parse().ok()).unwrap_or(0)
-            } else {
-                0
-            };
-            total += count;
-            if out.len() > 2 {
-                for ev in out[1..out.len() - 1].chunks_exact(3) {
-                    self.announce_leave(&ev[0], &ev[1], &ev[2]).await;
-                }
+            // SPOP hands each connection to one reaping node only.
+            let (done, gone, events): (i64, Vec<String>, Vec<String>) =
+                self.op(&["reap", dead, ttl, "500"]).await?;
+            total += gone.len() / 2;
+            for ev in events.chunks_exact(3) {
+                self.announce_leave(&ev[0], &ev[1], &ev[2]).await;
             }
-            if done {
+            let reaped: Vec<Reaped> = gone
+                .chunks_exact(2)
+                .filter_map(|c| {
+                    Some(Reaped {
+                        conn: c[0].parse().ok()?,
+                        user: (!c[1].is_empty()).then(|| Arc::from(c[1].as_str())),
+                        node: dead.to_owned(),
+                    })
+                })
+                .collect();
+            if let (false, Some(l)) = (reaped.is_empty(), self.reap_listener.get()) {
+                l.reaped(reaped);
+            }
+            if done == 1 {
                 break;
             }
         }
@@ -714,6 +726,10 @@ impl PresenceStore for RedisPresence {
         *self.state.address.lock().unwrap_or_else(|p| p.into_inner()) = Some(address.to_owned());
         // Publish it now rather than at the next heartbeat.
         self.state.shared.reconnected.notify_one();
+    }
+
+    fn on_reaped(&self, listener: Arc<dyn ReapListener>) {
+        let _ = self.state.reap_listener.set(listener);
     }
 
     fn health(&self) -> Health {

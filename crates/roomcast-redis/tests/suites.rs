@@ -137,3 +137,93 @@ async fn redis_idempotency_passes_the_shared_suite() {
     let stores = Mutex::new(stores);
     idempotency::suite::run(|| stores.lock().unwrap().remove(0)).await;
 }
+
+/// What one node's reap listener was told, and whether presence still listed
+/// a reported connection at that moment.
+#[derive(Default)]
+struct Reports(std::sync::Mutex<Vec<presence::Reaped>>);
+
+impl presence::ReapListener for Reports {
+    fn reaped(&self, conns: Vec<presence::Reaped>) {
+        self.0.lock().unwrap().extend(conns);
+    }
+}
+
+/// Three nodes; the first stops heartbeating with three connections (two of
+/// one user, one anonymous) in a room. The two survivors race to reap it:
+/// together they report each connection exactly once, with its user and the
+/// dead node, and presence no longer lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_connections_are_reported_once_by_the_survivors() {
+    use presence::PresenceStore;
+    use roomcast_core::{ConnId, NodeId};
+    use std::time::{Duration, Instant};
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut nodes = Vec::new();
+    for i in 0..3u32 {
+        let mut c = config(&url, "reap");
+        c.heartbeat = Duration::from_millis(50);
+        c.node_ttl = Duration::from_millis(500);
+        let redis = Redis::start(c).unwrap();
+        let broker = redis.broker();
+        roomcast_core::broker::Broker::attach(&broker, NodeId(0x0200_0000 + i), Arc::new(NoHub));
+        redis.connected().await;
+        let store = redis.presence();
+        let reports = Arc::new(Reports::default());
+        store.on_reaped(reports.clone());
+        nodes.push((redis, broker, store, reports));
+    }
+    let member = |n: u64, user: Option<&str>| presence::Member {
+        conn: ConnId(0x0200_0000_0000_0000 + n),
+        user: user.map(Arc::from),
+        node: NodeId(0x0200_0000),
+        info: None,
+    };
+    let members = [
+        member(1, Some("ada")),
+        member(2, Some("ada")),
+        member(3, None),
+    ];
+    for m in &members {
+        nodes[0].2.connect(m).await.unwrap();
+        nodes[0].2.join("r", m).await.unwrap();
+    }
+    assert_eq!(nodes[1].2.room("r").await.unwrap().connections, 3);
+
+    nodes[0].0.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reported = loop {
+        let mut all: Vec<(u64, Option<String>, String)> = nodes[1..]
+            .iter()
+            .flat_map(|n| n.3 .0.lock().unwrap().clone())
+            .map(|r| (r.conn.0, r.user.map(|u| u.to_string()), r.node))
+            .collect();
+        all.sort();
+        if all.len() >= 3 {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "reported so far: {all:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dead = NodeId(0x0200_0000).to_string();
+    assert_eq!(
+        reported,
+        [
+            (members[0].conn.0, Some("ada".to_owned()), dead.clone()),
+            (members[1].conn.0, Some("ada".to_owned()), dead.clone()),
+            (members[2].conn.0, None, dead),
+        ]
+    );
+    assert_eq!(nodes[1].2.room("r").await.unwrap().connections, 0);
+    assert!(!nodes[2].2.user("ada").await.unwrap().online);
+    assert!(nodes[0].3 .0.lock().unwrap().is_empty());
+    // Nothing more arrives: later heartbeats find nothing left to reap.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let total: usize = nodes[1..]
+        .iter()
+        .map(|n| n.3 .0.lock().unwrap().len())
+        .sum();
+    assert_eq!(total, 3);
+}

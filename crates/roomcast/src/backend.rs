@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 
+use roomcast_core::presence::{ReapListener, Reaped};
 use roomcast_core::ConnId;
 
 use crate::auth::{AuthFailure, Handshake, Identity};
@@ -599,11 +600,8 @@ impl Backend {
         {
             return;
         }
-        let id = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed));
         let mut body = json!({
-            "id": id,
             "type": kind,
-            "time_ms": now_ms(),
             "node": self.node,
             "conn": conn.to_string(),
             "user": user,
@@ -614,6 +612,13 @@ impl Backend {
         if let Some(r) = reason {
             body["reason"] = r.into();
         }
+        self.queue_webhook(kind, body);
+    }
+
+    /// Queues `body` (an event object without `id` and `time_ms`, which this adds).
+    fn queue_webhook(self: &Arc<Self>, kind: &'static str, mut body: serde_json::Value) {
+        body["id"] = format!("{}-{}", self.node, self.seq.fetch_add(1, Ordering::Relaxed)).into();
+        body["time_ms"] = now_ms().into();
         let tx = {
             let mut q = self.webhooks.lock().unwrap_or_else(|e| e.into_inner());
             match q.take() {
@@ -635,6 +640,35 @@ impl Backend {
                 .webhooks_dropped
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(kind, "webhook queue full: event dropped");
+        }
+    }
+}
+
+/// Posts a `disconnect` webhook for each connection of a dead node that this
+/// node removed from cluster presence: `node` is the dead node, `reported_by`
+/// this one, `reason` "node died".
+pub(crate) struct ReapedWebhooks(pub(crate) Arc<Backend>);
+
+impl ReapListener for ReapedWebhooks {
+    fn reaped(&self, conns: Vec<Reaped>) {
+        let b = &self.0;
+        if b.config.webhook_url.is_empty()
+            || !b.config.webhook_events.iter().any(|e| e == "disconnect")
+        {
+            return;
+        }
+        for r in conns {
+            b.queue_webhook(
+                "disconnect",
+                json!({
+                    "type": "disconnect",
+                    "node": r.node,
+                    "reported_by": b.node,
+                    "conn": r.conn.to_string(),
+                    "user": r.user.as_deref(),
+                    "reason": "node died",
+                }),
+            );
         }
     }
 }

@@ -162,6 +162,9 @@ impl Server {
             .or_else(|| {
                 (!p.rpc_routes.is_empty()).then(|| Backend::new(p, hub.node().to_string()))
             });
+        if let (Some(b), false) = (&backend, p.webhook_url.is_empty()) {
+            hub.on_reaped(Arc::new(crate::backend::ReapedWebhooks(b.clone())));
+        }
         let auth: Arc<dyn Authenticator> = match auth {
             Some(a) => a,
             None => {

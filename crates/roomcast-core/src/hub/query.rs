@@ -85,6 +85,12 @@ impl Hub {
         self.inner.presence.advertise(address);
     }
 
+    /// Tells `listener` of connections of dead nodes that this node removes
+    /// from cluster presence (see [`PresenceStore::on_reaped`](crate::presence::PresenceStore::on_reaped)).
+    pub fn on_reaped(&self, listener: Arc<dyn crate::presence::ReapListener>) {
+        self.inner.presence.on_reaped(listener);
+    }
+
     /// How the broker and the presence store are doing; the first problem wins.
     pub fn backend_health(&self) -> Health {
         match self.inner.broker.health() {

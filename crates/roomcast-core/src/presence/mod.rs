@@ -160,6 +160,28 @@ pub struct NodeInfo {
     pub address: Option<String>,
 }
 
+/// A connection that a cluster store removed because its node stopped
+/// heartbeating (see [`PresenceStore::on_reaped`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its user, if it had one.
+    pub user: Option<Arc<str>>,
+    /// The node it was on.
+    pub node: String,
+}
+
+/// Told of connections removed from presence because their node died.
+///
+/// Each removal is reported once, by the node that removed it, after the
+/// store has forgotten it (so a presence query from the listener already
+/// counts it out).
+pub trait ReapListener: Send + Sync + 'static {
+    /// `conns` were removed.
+    fn reaped(&self, conns: Vec<Reaped>);
+}
+
 /// The presence seam; see the module docs.
 pub trait PresenceStore: Send + Sync + 'static {
     /// A connection opened (or took a user id).
@@ -206,6 +228,11 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Whether the store is reachable.
     fn health(&self) -> crate::broker::Health {
         crate::broker::Health::Ok
+    }
+    /// Tells `listener` of the connections this node removes because their
+    /// node died. A store with only this node never does.
+    fn on_reaped(&self, listener: Arc<dyn ReapListener>) {
+        let _ = listener;
     }
 }
 
