@@ -48,10 +48,36 @@ struct MirrorConn {
 struct Mirror {
     conns: HashMap<ConnId, MirrorConn>,
     rooms: HashMap<String, RoomCount>,
+    /// While a replay runs: the connections changed since its snapshot (their
+    /// own writes may have reached Redis before the replay's older ones).
+    changed: Option<std::collections::HashSet<ConnId>>,
 }
 
 impl Mirror {
+    fn touch(&mut self, conn: ConnId) {
+        if let Some(c) = &mut self.changed {
+            c.insert(conn);
+        }
+    }
+
+    /// The script op that writes `id` to Redis as the mirror has it now.
+    fn sync_args(&self, id: ConnId) -> Vec<String> {
+        let Some(c) = self.conns.get(&id) else {
+            return vec!["disconnect".to_owned(), id.to_string()];
+        };
+        let mut args = vec![
+            "sync".to_owned(),
+            id.to_string(),
+            c.node.to_string(),
+            c.user.as_deref().unwrap_or("").to_owned(),
+            c.info.as_deref().unwrap_or("").to_owned(),
+        ];
+        args.extend(c.rooms.iter().cloned());
+        args
+    }
+
     fn join(&mut self, room: &str, m: &Member) -> JoinOutcome {
+        self.touch(m.conn);
         let conn = self.conns.entry(m.conn).or_insert_with(|| MirrorConn {
             node: m.node,
             user: m.user.clone(),
@@ -84,6 +110,7 @@ impl Mirror {
     }
 
     fn leave(&mut self, room: &str, conn: ConnId) -> LeaveOutcome {
+        self.touch(conn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return LeaveOutcome {
                 removed: false,
@@ -213,7 +240,8 @@ impl State {
             .query(redis::cmd("SMEMBERS").arg(self.shared.key(&format!("node:{node}:conns"))))
             .await?;
         let (stale, current): (Vec<String>, Vec<Vec<String>>) = {
-            let m = self.mirror();
+            let mut m = self.mirror();
+            m.changed = Some(Default::default());
             let stale = registered
                 .into_iter()
                 .filter(|c| {
@@ -221,28 +249,45 @@ impl State {
                         .map_or(true, |id| !m.conns.contains_key(&id))
                 })
                 .collect();
-            let current = m
-                .conns
-                .iter()
-                .map(|(id, c)| {
-                    let mut args = vec![
-                        "sync".to_owned(),
-                        id.to_string(),
-                        c.node.to_string(),
-                        c.user.as_deref().unwrap_or("").to_owned(),
-                        c.info.as_deref().unwrap_or("").to_owned(),
-                    ];
-                    args.extend(c.rooms.iter().cloned());
-                    args
-                })
-                .collect();
+            let current = m.conns.keys().map(|id| m.sync_args(*id)).collect();
             (stale, current)
         };
         let n = current.len();
         let ops = stale
             .into_iter()
             .map(|c| vec!["disconnect".to_owned(), c])
-            .chain(current);
+            .chain(current)
+            .collect();
+        let mut result = self.run_all(ops).await;
+        // A connection that changed meanwhile may have had its own write
+        // undone by the snapshot's older one: write it again as it is now,
+        // until a round finds nothing changed.
+        for _ in 0..8 {
+            if result.is_err() {
+                break;
+            }
+            let again: Vec<Vec<String>> = {
+                let mut m = self.mirror();
+                let changed = m.changed.replace(Default::default()).unwrap_or_default();
+                changed.into_iter().map(|id| m.sync_args(id)).collect()
+            };
+            if again.is_empty() {
+                break;
+            }
+            result = self.run_all(again).await;
+        }
+        let settled = self.mirror().changed.take().is_some_and(|c| c.is_empty());
+        result?;
+        if !settled {
+            return Err(PresenceError::unavailable(
+                "presence kept changing during a replay",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Runs script ops, 64 at a time.
+    async fn run_all(&self, ops: Vec<Vec<String>>) -> Result<(), PresenceError> {
         let results: Vec<Result<redis::Value, PresenceError>> = futures_util::stream::iter(ops)
             .map(|args| async move {
                 let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -252,7 +297,7 @@ impl State {
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<_>, _>>()?;
-        Ok(n)
+        Ok(())
     }
 
     /// One heartbeat: registers the node, replays if Redis lost it, reaps dead nodes.
@@ -416,6 +461,7 @@ impl PresenceStore for RedisPresence {
         Box::pin(async move {
             {
                 let mut m = self.state.mirror();
+                m.touch(member.conn);
                 let c = m.conns.entry(member.conn).or_insert_with(|| MirrorConn {
                     node: member.node,
                     user: None,
@@ -451,6 +497,7 @@ impl PresenceStore for RedisPresence {
                 for r in rooms {
                     m.leave(&r, conn);
                 }
+                m.touch(conn);
                 m.conns.remove(&conn);
             }
             let _: Option<redis::Value> =

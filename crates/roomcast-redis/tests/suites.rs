@@ -227,3 +227,107 @@ async fn a_dead_nodes_connections_are_reported_once_by_the_survivors() {
         .sum();
     assert_eq!(total, 3);
 }
+
+/// A replay racing live changes. 1,000 connections are in room `a`; then the
+/// node is removed from Redis's node set once (as when Redis restarts empty
+/// or the others reaped it), so its next heartbeat replays the whole mirror,
+/// while the connections move from `a` to `b`, spread over 60 ms. The
+/// replay's snapshot is older than most moves; once it is over, Redis must
+/// hold where the connections are (all in `b`), not where the snapshot said
+/// (which, before replays re-wrote what changed under them, it did for good).
+/// Five rounds, moving back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_does_not_undo_changes_made_while_it_runs() {
+    use presence::PresenceStore;
+    use roomcast_core::{ConnId, NodeId};
+    use std::time::{Duration, Instant};
+
+    const CONNS: u64 = 1000;
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut c = config(&url, "race");
+    c.heartbeat = Duration::from_millis(10);
+    let redis = Redis::start(c).unwrap();
+    let broker = redis.broker();
+    let node = NodeId(0x0300_0000);
+    roomcast_core::broker::Broker::attach(&broker, node, Arc::new(NoHub));
+    redis.connected().await;
+    let store = Arc::new(redis.presence());
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let member = |n: u64| presence::Member {
+        conn: ConnId(0x0300_0000_0000_0000 + n),
+        user: Some(Arc::from(format!("u{}", n % 50).as_str())),
+        node,
+        info: None,
+    };
+    for n in 0..CONNS {
+        store.connect(&member(n)).await.unwrap();
+        store.join("a", &member(n)).await.unwrap();
+    }
+    // Registered, with a heartbeat after that (no replay in flight).
+    async fn settled(admin: &mut ::redis::aio::MultiplexedConnection, node: NodeId) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut beats = 0;
+        while beats < 3 {
+            assert!(Instant::now() < deadline, "the node never registered again");
+            let seen: Option<f64> = ::redis::cmd("ZSCORE")
+                .arg("race:nodes")
+                .arg(node.to_string())
+                .query_async(admin)
+                .await
+                .unwrap();
+            beats = if seen.is_some() { beats + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    settled(&mut admin, node).await;
+    for round in 0..5 {
+        let (from, to) = if round % 2 == 0 {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        let _: i64 = ::redis::cmd("ZREM")
+            .arg("race:nodes")
+            .arg(node.to_string())
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let moves: Vec<_> = (0..CONNS)
+            .map(|n| {
+                let store = store.clone();
+                let m = member(n);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(n % 60)).await;
+                    store.leave(from, m.conn).await.unwrap();
+                    store.join(to, &m).await.unwrap();
+                })
+            })
+            .collect();
+        for t in moves {
+            t.await.unwrap();
+        }
+        // The replay (or the one after it, if changes were still arriving)
+        // ends with Redis as the mirror is; a stale one would stay wrong.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (f, t) = (
+                store.room(from).await.unwrap(),
+                store.room(to).await.unwrap(),
+            );
+            if (f.connections, t.connections) == (0, CONNS as usize) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {} connections in {from} and {} in {to}",
+                f.connections,
+                t.connections
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        settled(&mut admin, node).await;
+    }
+    assert_eq!(store.stats().await.unwrap().users, 50);
+}
