@@ -182,7 +182,7 @@ def test_online_list_is_pushed_and_the_seed_sender_still_reaches_pages(site, pla
 
 def test_publish_on_commit_publishes_only_what_commits(site, players):
     carol = players("carol")
-    carol.call("login", {"login": "carol"})
+    assert carol.call("login", {"login": "carol"}) == {"ok": True, "login": "carol"}, site.logs()
     assert carol.call("shout", {"text": "rolled back", "undo": True}) == {"saved": False}
     assert carol.call("shout", {"text": "kept"})["saved"] is True
     assert carol.got("shout")["text"] == "kept"

@@ -32,6 +32,12 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("GAME_DB", str(BASE_DIR / "db.sqlite3")),
+        # Socket handlers and webhooks write from several threads at once. In
+        # SQLite's default (deferred) transactions a read that then writes
+        # fails at once with "database is locked" when another write is under
+        # way (login's update_or_create beside a webhook's update); IMMEDIATE
+        # transactions wait for the lock instead, up to `timeout` seconds.
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
