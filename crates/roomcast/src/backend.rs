@@ -292,7 +292,10 @@ impl Backend {
                 continue;
             }
             for v in values {
-                out.append(name.clone(), v.clone());
+                // A copy: the parsed value shares the request's whole read buffer.
+                if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                    out.append(name.clone(), v);
+                }
             }
         }
         out

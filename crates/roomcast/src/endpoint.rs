@@ -189,6 +189,8 @@ async fn serve(
             return;
         }
     };
+    // The handshake's headers share the request's read buffer (16 KiB).
+    drop(headers);
     cmd.join_granted(client, &granted).await;
     if let Err(err) = cmd.join(client, &room, None).await {
         let d = join_refused(&err);

@@ -221,7 +221,7 @@ pub(super) async fn serve(State(eio): State<Arc<EngineIo>>, req: Request) -> Res
     }
     match (parts.method.clone(), session) {
         (Method::GET, Err(slot)) => {
-            let session = eio.open_session(parts.headers.clone(), false, slot);
+            let session = eio.open_session(&parts.headers, false, slot);
             eio.poll(session, cors).await
         }
         (_, Err(_)) => EioError::BadHandshakeMethod.response(cors),

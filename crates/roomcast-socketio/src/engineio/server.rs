@@ -192,10 +192,11 @@ impl EngineIo {
 
     pub(super) fn open_session(
         self: &Arc<Self>,
-        headers: HeaderMap,
+        headers: &HeaderMap,
         websocket: bool,
         slot: Slot,
     ) -> Arc<Session> {
+        let headers = super::owned_headers(headers);
         let prefix = self.forwarding.get().map_or("", |f| f.sid_prefix.as_str());
         let session = Arc::new(Session {
             sid: format!("{prefix}{}", random_sid()),
@@ -374,7 +375,7 @@ mod tests {
         };
         let eio = EngineIo::new(config, Arc::new(Quiet));
         let slot = eio.admission.admit().unwrap();
-        let session = eio.open_session(HeaderMap::new(), false, slot);
+        let session = eio.open_session(&HeaderMap::new(), false, slot);
         assert!(eio.check_pong(&session), "a fresh session is open");
         std::thread::sleep(Duration::from_millis(450));
         assert!(
@@ -395,7 +396,7 @@ mod tests {
         };
         let eio = EngineIo::new(config, Arc::new(Quiet));
         let slot = eio.admission.admit().unwrap();
-        let session = eio.open_session(HeaderMap::new(), false, slot);
+        let session = eio.open_session(&HeaderMap::new(), false, slot);
         std::thread::sleep(Duration::from_millis(150));
         assert!(eio.receive(&session, Packet::Pong(String::new())));
         std::thread::sleep(Duration::from_millis(80));

@@ -103,3 +103,17 @@ pub(crate) fn random_sid() -> String {
     }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// A copy of `headers` that owns its bytes. Parsed header values share the
+/// HTTP connection's whole read buffer (16 KiB), so keeping them for a
+/// session's life would keep that buffer too.
+pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(mut v) = axum::http::HeaderValue::from_bytes(value.as_bytes()) {
+            v.set_sensitive(value.is_sensitive());
+            out.append(name.clone(), v);
+        }
+    }
+    out
+}

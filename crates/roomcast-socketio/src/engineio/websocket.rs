@@ -23,7 +23,7 @@ impl EngineIo {
         headers: HeaderMap,
     ) {
         let session = match upgrade_of {
-            Err(slot) => self.open_session(headers, true, slot),
+            Err(slot) => self.open_session(&headers, true, slot),
             Ok(session) => match self.upgrade(&mut ws, &session).await {
                 Ok(()) => session,
                 Err(()) => {
@@ -33,6 +33,8 @@ impl EngineIo {
                 }
             },
         };
+        // The request's headers share its read buffer: gone before the session's life.
+        drop(headers);
         let mut reason = self.ws_loop(&mut ws, &session).await;
         let closed_elsewhere = reason.is_none();
         if closed_elsewhere {

@@ -114,6 +114,9 @@ async fn serve(
             }
         }
     }
+    // The handshake's headers share the request's read buffer (16 KiB): drop
+    // them now rather than at the end of the connection.
+    drop(headers);
     let welcome = json!({
         "type": "welcome",
         "conn": conn.id().to_string(),
