@@ -9,31 +9,13 @@ use roomcast_redis::testing::RedisServer;
 
 mod common;
 
-use common::{bench, node, node_with};
+use common::{bench, idle, node, node_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_loses_nothing() {
     let (addr, _stop) = node(None).await;
     let addr = addr.to_string();
-    let pid = std::process::id().to_string();
-    let r = tokio::task::spawn_blocking({
-        let (addr, pid) = (addr.clone(), pid.clone());
-        move || {
-            bench(&[
-                "idle",
-                "--addr",
-                &addr,
-                "--pid",
-                &pid,
-                "--clients",
-                "50",
-                "--hold",
-                "0.1",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let r = idle(&addr, "native", 50, "0.1").await;
     assert_eq!(r["scenario"], "idle");
     assert!(r["rss_after_kb"].as_u64().unwrap() > 0);
     for protocol in ["native", "socketio"] {

@@ -113,12 +113,11 @@ pub fn bench_output(args: &[&str]) -> Output {
     }
 }
 
-/// Runs `roomcast-bench idle` with 2,000 `protocol` connections against a node
-/// in this process and fails if one costs `bound_kb` of RSS or more.
-pub async fn idle_guard(protocol: &'static str, bound_kb: f64) {
-    let (addr, _stop) = node(None).await;
-    let (addr, pid) = (addr.to_string(), std::process::id().to_string());
-    let r = tokio::task::spawn_blocking(move || {
+/// `roomcast-bench idle` against `addr` with this process's RSS: its JSON line.
+pub async fn idle(addr: &str, protocol: &'static str, clients: usize, hold: &'static str) -> Value {
+    let (addr, pid) = (addr.to_owned(), std::process::id().to_string());
+    let clients = clients.to_string();
+    tokio::task::spawn_blocking(move || {
         bench(&[
             "idle",
             "--addr",
@@ -128,13 +127,20 @@ pub async fn idle_guard(protocol: &'static str, bound_kb: f64) {
             "--protocol",
             protocol,
             "--clients",
-            "2000",
+            &clients,
             "--hold",
-            "0.5",
+            hold,
         ])
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs `roomcast-bench idle` with 2,000 `protocol` connections against a node
+/// in this process and fails if one costs `bound_kb` of RSS or more.
+pub async fn idle_guard(protocol: &'static str, bound_kb: f64) {
+    let (addr, _stop) = node(None).await;
+    let r = idle(&addr.to_string(), protocol, 2000, "0.5").await;
     let kb = r["rss_per_conn_kb"].as_f64().expect("rss_per_conn_kb");
     eprintln!("idle guard: {protocol} {kb:.1} KB per connection (bound {bound_kb} KB)");
     assert!(
