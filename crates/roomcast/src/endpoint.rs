@@ -209,7 +209,7 @@ async fn serve(
         socket,
         room,
         endpoint: e.clone(),
-        batch: Vec::with_capacity(16),
+        batch: Vec::new(),
         path,
         client_close: None,
     };

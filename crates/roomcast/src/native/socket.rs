@@ -134,7 +134,7 @@ async fn serve(
         conn,
         state,
         socket,
-        batch: Vec::with_capacity(16),
+        batch: Vec::new(),
     };
     let reason = task.run().await;
     let Task { conn, socket, .. } = task;
