@@ -102,7 +102,8 @@ async fn serve(
         None => cmd.access.webhook("connect", &conn, None, None),
         Some(credentials) => {
             let handshake = Handshake::new(conn.id(), "websocket", None, &headers);
-            match cmd.connect(client, credentials, &handshake).await {
+            // Boxed: it runs once, and its state would otherwise stay in every connection's task.
+            match Box::pin(cmd.connect(client, credentials, &handshake)).await {
                 Ok(r) => rooms = r,
                 Err(d) => {
                     tracing::info!(code = d.code, reason = %d.reason, "connection refused at the handshake");
@@ -199,7 +200,10 @@ impl Task {
                 }
                 msg = self.socket.next() => {
                     last_seen = Instant::now();
-                    match self.inbound(msg).await {
+                    // Boxed: handling a command (auth, backend calls...) takes
+                    // far more state than waiting does, and an idle
+                    // connection would otherwise carry it all the time.
+                    match Box::pin(self.inbound(msg)).await {
                         Inbound::Continue => {}
                         Inbound::ClientClosed => return None,
                         Inbound::Close(d) => return Some(d),
