@@ -11,7 +11,7 @@
 mod common;
 
 /// KB of RSS per idle native connection, debug build.
-const BOUND_KB: f64 = 16.0;
+const BOUND_KB: f64 = 13.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_native_connections_stay_small() {
