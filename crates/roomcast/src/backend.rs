@@ -598,9 +598,7 @@ impl Backend {
         room: Option<&str>,
         reason: Option<&str>,
     ) {
-        if self.config.webhook_url.is_empty()
-            || !self.config.webhook_events.iter().any(|e| e == kind)
-        {
+        if !self.wants_webhook(kind) {
             return;
         }
         let mut body = json!({
@@ -616,6 +614,11 @@ impl Backend {
             body["reason"] = r.into();
         }
         self.queue_webhook(kind, body);
+    }
+
+    /// Whether webhooks are on and `kind` is one of `proxy.webhook_events`.
+    fn wants_webhook(&self, kind: &str) -> bool {
+        !self.config.webhook_url.is_empty() && self.config.webhook_events.iter().any(|e| e == kind)
     }
 
     /// Queues `body` (an event object without `id` and `time_ms`, which this adds).
@@ -655,9 +658,7 @@ pub(crate) struct ReapedWebhooks(pub(crate) Arc<Backend>);
 impl ReapListener for ReapedWebhooks {
     fn reaped(&self, conns: Vec<Reaped>) {
         let b = &self.0;
-        if b.config.webhook_url.is_empty()
-            || !b.config.webhook_events.iter().any(|e| e == "disconnect")
-        {
+        if !b.wants_webhook("disconnect") {
             return;
         }
         for r in conns {

@@ -36,6 +36,7 @@ mod websocket;
 pub use config::{Cors, EngineConfig};
 pub use handler::{CloseReason, EngineHandler, Incoming};
 pub use server::{EngineIo, SessionForwarder};
+pub(crate) use session::owned_headers;
 pub(crate) use session::random_sid;
-pub use session::{owned_headers, Session};
+pub use session::Session;
 pub use websocket::ws_read_error;

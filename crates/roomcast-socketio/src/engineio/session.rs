@@ -107,7 +107,7 @@ pub(crate) fn random_sid() -> String {
 /// A copy of `headers` that owns its bytes. Parsed header values share the
 /// HTTP connection's whole read buffer (16 KiB), so keeping them for a
 /// session's life would keep that buffer too.
-pub fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         if let Ok(mut v) = axum::http::HeaderValue::from_bytes(value.as_bytes()) {
